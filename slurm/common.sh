@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this
 # Shared by install.sh, start.sh, stop.sh and status.sh: the layout, logging, and
 # the process checks. Sourced, never run. See README.md for the layout.
 #
@@ -31,7 +31,7 @@ log() { printf 'slurm/%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 require_root() {
-  [[ $EUID -eq 0 ]] || die "must run as root (it starts system daemons); try: sudo $0 $*"
+  [[ $EUID -eq 0 ]] || die "must run as root (it manages system daemons and packages); try: sudo $0"
 }
 
 # now_ms: wall clock in milliseconds (EPOCHREALTIME's separator follows the locale).

@@ -303,8 +303,13 @@ def build_csr(n: int, src: np.ndarray, dst: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deduplicated predecessor and successor CSR arrays from edge lists ``src -> dst``."""
     if src.size:
-        keys = np.unique(dst.astype(np.int64) * n + src.astype(np.int64))  # sorted by dst, then src
-        dst, src = np.divmod(keys, n)
+        # sorted by dst, then src, without repeats. Not np.unique: numpy 2's hash-based
+        # unique took 1.5 s on 2M edges; a stable sort of these nearly sorted runs ~0.04 s.
+        keys = np.sort(dst.astype(np.int64) * n + src.astype(np.int64), kind="stable")
+        keep = np.empty(keys.size, bool)
+        keep[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+        dst, src = np.divmod(keys[keep], n)
     pred_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(dst, minlength=n), out=pred_ptr[1:])
     pred = src.astype(np.int32)

@@ -1,0 +1,87 @@
+"""hpcflow: an MPI-backed workflow engine for batch HPC clusters.
+
+Build a workflow by calling task functions (nothing runs until asked), then run it::
+
+    import hpcflow as hf
+
+    @hf.task(cores=1, memory="500M", time="2m")
+    def simulate(alpha, seed): ...
+
+    runs = simulate.sweep({"alpha": [0.1, 0.2, 0.4]}, seed=1)
+    wf = hf.workflow("demo", outputs={"runs": runs.all()})
+    result = hf.run(wf)                      # local worker processes
+    result = hf.run(wf, engine="mpi")        # under mpiexec: rank 0 coordinates
+
+Layers (one sub-package each): ``model``/``spec``/``plan`` (orchestrator), ``engine``
+(shared core and backends), ``scheduler`` (Slurm), ``store`` (run folder, journal),
+``report`` and ``cli``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcflow.engine.core import RunOptions, RunResult
+from hpcflow.errors import (
+    CycleError,
+    EngineError,
+    HpcflowError,
+    ResourceError,
+    RunFailed,
+    SpecError,
+    TaskFailed,
+)
+from hpcflow.model import (
+    Resources,
+    TaskFunction,
+    TaskRef,
+    Workflow,
+    method,
+    nested,
+    param,
+    shell,
+    task,
+    workflow,
+)
+
+__version__ = "0.1.0"
+
+
+def run(wf: Workflow, *, engine: str = "local", workers: int | None = None,
+        gpus: tuple[str, ...] = (), run_dir: str | None = None, runs_root: str | None = None,
+        keep_going: bool = True, check: bool = True, **engine_options: Any) -> RunResult:
+    """Run ``wf`` and return its :class:`RunResult`; with ``check`` a failed run raises
+    :class:`RunFailed` (its ``failures`` name each task and its log)."""
+    from hpcflow.engine.runner import EngineConfig, run_workflow
+
+    config = EngineConfig(engine=engine, workers=workers, gpus=gpus, run_dir=run_dir,
+                          runs_root=runs_root, options=RunOptions(keep_going=keep_going),
+                          **engine_options)
+    result = run_workflow(wf, config)
+    if check and result.status != "succeeded":
+        raise RunFailed(result.failures, result.skipped, result.run_dir)
+    return result
+
+
+__all__ = [
+    "CycleError",
+    "EngineError",
+    "HpcflowError",
+    "ResourceError",
+    "Resources",
+    "RunFailed",
+    "RunOptions",
+    "RunResult",
+    "SpecError",
+    "TaskFailed",
+    "TaskFunction",
+    "TaskRef",
+    "Workflow",
+    "method",
+    "nested",
+    "param",
+    "run",
+    "shell",
+    "task",
+    "workflow",
+]

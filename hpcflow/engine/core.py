@@ -1,0 +1,308 @@
+"""The shared engine core: one loop that runs a plan on any backend.
+
+State is a handful of plain containers, built by :meth:`Core.__init__` and changed by
+a few short methods that :meth:`Core.run` calls:
+
+- ``waiting``: for each task, how many of its predecessors have not finished (a list of
+  ints: a completion decrements its successors, O(1) per edge, never a scan);
+- ``ready``: a heap of ``(-priority, id)``: longest remaining path first;
+- ``running``: id -> (placement, attempt) for tasks out on workers;
+- ``results``: id -> value, dropped once every successor has finished with it;
+- ``retry_at``: a heap of ``(time, id, attempt)`` for failed tasks waiting to retry;
+- ``failed`` / ``skipped``: what failed and what will not run because of it.
+
+A backend only *places* calls on workers and *reports* outcomes (:class:`Backend`);
+where a task goes is decided by the shared :class:`~hpcflow.plan.policy.Placer`. Every
+event is journalled by the coordinator alone, in batches (see ``store/journal.py``).
+Short tasks are queued several deep on each worker (the placer's ``depth``), sized from
+the measured task durations, so that workers never wait for their next message.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hpcflow.engine.execute import Call, Outcome
+from hpcflow.errors import ResourceError, TaskFailed
+from hpcflow.plan.plan import Plan, bind_args
+from hpcflow.plan.policy import Placement, Placer, Slot
+from hpcflow.store.journal import Event, Journal
+from hpcflow.store.rundir import RunDir, load_result
+
+FLUSH_EVENTS = 4096
+FLUSH_SECONDS = 0.2
+TARGET_QUEUE_SECONDS = 0.002
+"""Queue a worker enough short tasks to cover about this long."""
+
+
+class Backend(Protocol):
+    """What an engine backend implements (see docs/architecture.md)."""
+
+    name: str
+
+    def slots(self) -> list[Slot]:
+        """The workers and their shares of their nodes."""
+
+    def submit(self, batch: Sequence[tuple[Call, Placement]]) -> None:
+        """Start these calls on their placements' leader slots (without blocking)."""
+
+    def wait(self, timeout: float | None) -> list[Outcome]:
+        """Outcomes that have arrived, waiting up to ``timeout`` seconds for the first."""
+
+    def shutdown(self) -> None:
+        """Stop the workers (after the run, or on an interrupt)."""
+
+
+@dataclass
+class RunOptions:
+    keep_going: bool = True
+    """After a failure, finish what does not depend on it (False: stop at the first)."""
+    max_depth: int = 64
+    retry_delay: float = 1.0
+    """Seconds before the first retry; doubled for each later attempt."""
+    fsync: bool = False
+
+
+@dataclass
+class RunResult:
+    status: str  # succeeded | failed | stopped
+    outputs: dict[str, Any]
+    run_dir: str
+    done: int
+    failures: list[TaskFailed] = field(default_factory=list)
+    skipped: int = 0
+    elapsed: float = 0.0
+
+
+class Core:
+    def __init__(self, plan: Plan, priority: Sequence[float], backend: Backend, run: RunDir,
+                 options: RunOptions | None = None) -> None:
+        self.plan, self.backend, self.run_dir = plan, backend, run
+        self.options = options or RunOptions()
+        self.placer = Placer(backend.slots())
+        self.priority = priority
+        self.succ_ptr, self.succ = plan.succ_ptr.tolist(), plan.succ.tolist()
+        self.pred_ptr, self.pred = plan.pred_ptr.tolist(), plan.pred.tolist()
+        self.waiting = [self.pred_ptr[i + 1] - self.pred_ptr[i] for i in range(plan.n)]
+        self.readers = [self.succ_ptr[i + 1] - self.succ_ptr[i] for i in range(plan.n)]
+        self.keep = set(_output_ids(plan))
+        self.ready: list[tuple[float, int]] = []
+        self.running: dict[int, tuple[Placement, int]] = {}
+        self.results: dict[int, Any] = {}
+        self.retry_at: list[tuple[float, int, int]] = []
+        self.attempts: dict[int, int] = {}
+        self.failed: list[TaskFailed] = []
+        self.skipped: set[int] = set()
+        self.done = 0
+        self.stopping = False
+        self._durations = (0.0, 0)
+        self.journal = Journal(run.journal, fsync=self.options.fsync)
+        self._groups = plan.groups
+        self._timeouts = [g.task.timeout for g in plan.groups]
+
+    # -- set-up ---------------------------------------------------------------------
+    def seed(self, completed: dict[int, Any] | None = None) -> None:
+        """Fill ``ready`` with the sources; ``completed`` (from a resume) counts as done."""
+        for i, value in (completed or {}).items():
+            self.results[i] = value
+            self._complete_edges(i)
+            self.done += 1
+        done = set(completed or ())
+        for i in range(self.plan.n):
+            if self.waiting[i] == 0 and i not in done:
+                heapq.heappush(self.ready, (-self.priority[i], i))
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self) -> RunResult:
+        start = time.time()
+        self.journal.record(Event.RUN, {"engine": self.backend.name, "pid": os.getpid(),
+                                        "host": socket.gethostname(), "time": start,
+                                        "workers": len(self.placer.slots), "tasks": self.plan.n})
+        status = "stopped"
+        try:
+            while self._unfinished():
+                self._dispatch()
+                if not self.running and not self._retry_due_soon():
+                    if self.ready:
+                        raise RuntimeError("ready tasks but none can be placed")  # guarded by check
+                    break
+                for outcome in self.backend.wait(self._wait_timeout()):
+                    self._finish(outcome)
+                self._maybe_flush()
+            status = "failed" if self.failed else ("succeeded" if self.done == self.plan.n
+                                                    else "stopped")
+        finally:
+            self.journal.record(Event.END, status, time.time())
+            self.journal.close()
+        return RunResult(status, self._outputs() if status == "succeeded" else {},
+                         str(self.run_dir.path), self.done, self.failed, len(self.skipped),
+                         time.time() - start)
+
+    def _unfinished(self) -> bool:
+        if self.stopping:
+            return bool(self.running)
+        return self.done + len(self.skipped) + len(self.failed) < self.plan.n
+
+    def _retry_due_soon(self) -> bool:
+        return bool(self.retry_at) and not self.stopping
+
+    def _wait_timeout(self) -> float | None:
+        if self.retry_at:
+            return max(0.0, self.retry_at[0][0] - time.monotonic())
+        return None if self.running else 0.0
+
+    def _maybe_flush(self) -> None:
+        if (self.journal.pending >= FLUSH_EVENTS
+                or time.monotonic() - self.journal.last_flush >= FLUSH_SECONDS):
+            self.journal.flush()
+
+    # -- dispatch -------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        while self.retry_at and self.retry_at[0][0] <= now:
+            _, i, _ = heapq.heappop(self.retry_at)
+            heapq.heappush(self.ready, (-self.priority[i], i))
+        batch: list[tuple[Call, Placement]] = []
+        blocked: list[tuple[float, int]] = []
+        plan, placer = self.plan, self.placer
+        while self.ready:
+            item = heapq.heappop(self.ready)
+            i = item[1]
+            placement = placer.place(int(plan.cores[i]), int(plan.gpus[i]), int(plan.memory[i]),
+                                     int(plan.ranks[i]))
+            if placement is None:
+                blocked.append(item)
+                if placer.full or len(blocked) >= 64:
+                    break
+                continue
+            batch.append((self._call(i, placement), placement))
+        for item in blocked:
+            heapq.heappush(self.ready, item)
+        if batch:
+            self.backend.submit(batch)
+
+    def _call(self, i: int, placement: Placement) -> Call:
+        attempt = self.attempts.get(i, 0)
+        group_index = int(self.plan.group_of[i])
+        group = self._groups[group_index]
+        args, kwargs = bind_args(group, i - group.start, self._groups, self.results)
+        self.running[i] = (placement, attempt)
+        self.journal.record(Event.DISPATCH, i, attempt, placement.leaders[0], time.time())
+        return Call(i, attempt, group_index, group.member_name(i - group.start), args, kwargs,
+                    placement.gpus[0], self._timeouts[group_index], placement.leaders)
+
+    # -- completion -----------------------------------------------------------------
+    def _finish(self, outcome: Outcome) -> None:
+        i = outcome.id
+        entry = self.running.pop(i, None)
+        if entry is None or entry[1] != outcome.attempt:
+            return  # a late report of an attempt already given up
+        self.placer.release(entry[0])
+        if outcome.ok:
+            self._succeed(i, outcome)
+        else:
+            self._fail(i, outcome)
+
+    def _succeed(self, i: int, outcome: Outcome) -> None:
+        stored = self.run_dir.store_result(i, outcome.value)
+        self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
+                            outcome.end, stored, {})
+        self.results[i] = outcome.value
+        self.done += 1
+        self._learn_duration(outcome.end - outcome.start)
+        for k in range(self.pred_ptr[i], self.pred_ptr[i + 1]):
+            p = self.pred[k]
+            self.readers[p] -= 1
+            if self.readers[p] == 0 and p not in self.keep:
+                self.results.pop(p, None)
+        self._complete_edges(i)
+
+    def _complete_edges(self, i: int) -> None:
+        waiting, succ, priority, ready = self.waiting, self.succ, self.priority, self.ready
+        for k in range(self.succ_ptr[i], self.succ_ptr[i + 1]):
+            s = succ[k]
+            waiting[s] -= 1
+            if waiting[s] == 0 and s not in self.skipped:
+                heapq.heappush(ready, (-priority[s], s))
+
+    def _fail(self, i: int, outcome: Outcome) -> None:
+        group = self.plan.group(i)
+        if outcome.attempt < group.task.retries:
+            delay = self.options.retry_delay * 2**outcome.attempt
+            self.attempts[i] = outcome.attempt + 1
+            self.journal.record(Event.RETRY, i, outcome.attempt, delay)
+            heapq.heappush(self.retry_at, (time.monotonic() + delay, i, outcome.attempt + 1))
+            return
+        name = self.plan.name(i)
+        self.journal.record(Event.FAIL, i, outcome.attempt, outcome.worker, outcome.start,
+                            outcome.end, outcome.error, outcome.log)
+        self.failed.append(TaskFailed(name, outcome.error or "failed", outcome.log))
+        self._skip_descendants(i)
+        if not self.options.keep_going:
+            self.stopping = True
+
+    def _skip_descendants(self, root: int) -> None:
+        stack = [root]
+        while stack:
+            i = stack.pop()
+            for k in range(self.succ_ptr[i], self.succ_ptr[i + 1]):
+                s = self.succ[k]
+                if s not in self.skipped:
+                    self.skipped.add(s)
+                    self.journal.record(Event.SKIP, s, root)
+                    stack.append(s)
+
+    def _learn_duration(self, seconds: float) -> None:
+        total, count = self._durations
+        total, count = total + seconds, count + 1
+        self._durations = (total, count)
+        if count in (16, 256) or count % 4096 == 0:
+            mean = total / count
+            depth = int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth
+            self.placer.set_depth(max(1, min(self.options.max_depth, depth)))
+
+    def _outputs(self) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for name, ref in self.plan.outputs.items():
+            group = self.plan.groups[ref.group]
+            ids = range(group.start, group.start + group.size)
+            pick = (lambda v: v) if ref.key is None else (lambda v: v[ref.key])  # noqa: B023
+            values = [pick(self.results[j]) for j in ids]
+            outputs[name] = values if ref.mode == "all" else values[0]
+        return outputs
+
+
+def check_fits(plan: Plan, slots: Sequence[Slot]) -> None:
+    """Raise :class:`ResourceError` before anything runs if a task fits on no node."""
+    placer = Placer(slots)
+    for group in plan.groups:
+        res = group.task.resources
+        if not placer.max_span(res.cores, res.gpus, res.memory, res.ranks):
+            have = "; ".join(sorted({f"{s.node}: {sum(1 for t in slots if t.node == s.node)} "
+                                     f"worker(s) of {s.cores} core(s), {len(s.gpus)} GPU(s), "
+                                     f"{s.memory // 2**20}M" for s in slots}))
+            raise ResourceError(
+                group.name, f"needs {res.ranks} rank(s) x ({res.cores} core(s), {res.gpus} "
+                f"GPU(s), {res.memory // 2**20}M) on one node, which no node of this run "
+                f"offers ({have})")
+
+
+def _output_ids(plan: Plan) -> list[int]:
+    ids: list[int] = []
+    for ref in plan.outputs.values():
+        group = plan.groups[ref.group]
+        ids.extend(range(group.start, group.start + group.size))
+    return ids
+
+
+def stored_value(stored: tuple[str, Any]) -> Any:
+    """A result value from its journal form (inline, or a file in results/)."""
+    return load_result(stored)

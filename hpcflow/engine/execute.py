@@ -1,0 +1,246 @@
+"""Run one task where a worker stands: the code every backend's workers share.
+
+A worker receives :class:`Call` records (the task, its bound arguments, its GPUs) and
+returns :class:`Outcome` records. Python callables named ``"module:qualname"`` or
+``"/abs/file.py:qualname"`` are imported here, on the worker, with the plan's
+``python_path`` in front of ``sys.path``. Shell commands are rendered with every
+substituted value quoted, run in the task's own folder with their output in
+``stdout.log``/``stderr.log``, and their declared output files must exist afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
+
+
+class Call(NamedTuple):
+    """One task for a worker. ``gpus`` are the device ids it may use (pinned through
+    ``CUDA_VISIBLE_DEVICES``); ``peers`` the worker indices of all its ranks."""
+
+    id: int
+    attempt: int
+    group: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    gpus: tuple[str, ...] = ()
+    timeout: float | None = None
+    peers: tuple[int, ...] = ()
+
+
+class Outcome(NamedTuple):
+    """What became of a call: ``value`` on success, else ``error`` text and ``log`` path."""
+
+    id: int
+    attempt: int
+    ok: bool
+    value: Any
+    start: float
+    end: float
+    worker: int
+    error: str | None = None
+    log: str | None = None
+
+
+class TaskError(Exception):
+    """A task did not do its job (non-zero exit, missing output, time-out)."""
+
+
+def resolve_target(target: str | Callable[..., Any]) -> Any:
+    """The object named ``"pkg.mod:qual.name"`` or ``"/abs/file.py:qual.name"``."""
+    if not isinstance(target, str):
+        return target
+    module_name, _, qualname = target.partition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        unique = f"hpcflow_user_{abs(hash(str(path)))}_{path.stem}"
+        module = sys.modules.get(unique)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(unique, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def render_command(command: str | Sequence[str], values: Mapping[str, Any]) -> list[str]:
+    """The argv for a shell task: a string becomes ``bash -c`` with every value quoted; in an
+    argv list each item is formatted, and an item that is exactly ``{name}`` of a list
+    value expands to several arguments."""
+    if isinstance(command, str):
+        return ["bash", "-c", _format(command, values, quote=True)]
+    argv: list[str] = []
+    for item in command:
+        fields = placeholders(item)
+        if fields == [item[1:-1]] and isinstance(values.get(fields[0]), (list, tuple)):
+            argv.extend(str(v) for v in values[fields[0]])
+        else:
+            argv.append(_format(item, values, quote=False))
+    return argv
+
+
+def placeholders(template: str) -> list[str]:
+    """Names of the ``{name}`` fields in ``template`` (``{{`` is a literal brace)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def _format(template: str, values: Mapping[str, Any], quote: bool) -> str:
+    parts: list[str] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        parts.append(literal)
+        if field is None:
+            continue
+        if spec or conversion or not field.isidentifier():
+            raise TaskError(f"placeholder {{{field}}} must be a plain name")
+        value = values[field]
+        if quote:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            parts.append(" ".join(shlex.quote(str(v)) for v in items))
+        else:
+            parts.append(str(value))
+    return "".join(parts)
+
+
+class Executor:
+    """Runs calls for one worker. ``actions[g]`` is group g's action."""
+
+    def __init__(self, actions: Sequence[Action], run_dir: str, python_path: Sequence[str],
+                 worker: int = 0, launcher: Callable[[int], list[str]] | None = None) -> None:
+        self.actions = actions
+        self.run_dir = Path(run_dir)
+        self.worker = worker
+        self.launcher = launcher or default_launcher
+        self._targets: dict[int, Any] = {}
+        for folder in reversed(python_path):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+
+    def task_dir(self, name: str) -> Path:
+        from hpcflow.store.rundir import RunDir
+
+        return RunDir(self.run_dir).task_dir(name)
+
+    def run(self, call: Call, ranks: int = 1) -> Outcome:
+        start = time.time()
+        action = self.actions[call.group]
+        try:
+            if isinstance(action, ShellCommand):
+                value = self._shell(action, call, ranks)
+            else:
+                value = self._python(action, call)
+        except Exception as exc:  # the task's own failure, reported, never raised
+            return self._failure(call, start, exc)
+        return Outcome(call.id, call.attempt, True, value, start, time.time(), self.worker)
+
+    def _python(self, action: Action, call: Call) -> Any:
+        target = self._targets.get(call.group)
+        if target is None:
+            if isinstance(action, PythonCall):
+                target = resolve_target(action.target)
+            elif isinstance(action, MethodCall):
+                target = resolve_target(action.cls)
+            else:
+                raise TaskError(f"cannot run {action!r} on a worker")
+            self._targets[call.group] = target
+        if isinstance(action, MethodCall):
+            instance = target(*action.init_args, **action.init_kwargs)
+            return getattr(instance, action.method)(*call.args, **call.kwargs)
+        if call.gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
+        return target(*call.args, **call.kwargs)
+
+    def _shell(self, action: ShellCommand, call: Call, ranks: int) -> Any:
+        folder = self.task_dir(call.name)
+        outputs = {k: str(folder / v) for k, v in action.outputs.items()}
+        argv = render_command(action.command, {**call.kwargs, **outputs})
+        if ranks > 1:
+            argv = self.launcher(ranks) + argv
+        env = dict(os.environ, HPCFLOW_TASK=call.name, HPCFLOW_TASK_DIR=str(folder),
+                   CUDA_VISIBLE_DEVICES=",".join(call.gpus))
+        out_path, err_path = folder / "stdout.log", folder / "stderr.log"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            code = _run_tree(argv, folder, env, out, err, call.timeout)
+        if code != 0:
+            raise TaskError(f"command exited with status {code}; see {err_path}")
+        missing = [k for k, p in outputs.items() if not os.path.exists(p)]
+        if missing:
+            raise TaskError(f"declared output(s) {', '.join(missing)} not written "
+                            f"(expected {', '.join(outputs[k] for k in missing)})")
+        if action.stdout:
+            return out_path.read_text()
+        return outputs
+
+    def _failure(self, call: Call, start: float, exc: Exception) -> Outcome:
+        text = (str(exc) if isinstance(exc, TaskError)
+                else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        log: str | None = None
+        try:
+            folder = self.task_dir(call.name)
+            (folder / "error.log").write_text(text)
+            shell_err = folder / "stderr.log"
+            log = str(shell_err if shell_err.exists() else folder / "error.log")
+        except OSError:
+            pass
+        return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
+                       error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log)
+
+
+def default_launcher(ranks: int) -> list[str]:
+    """Launch prefix for a multi-rank shell task outside Slurm."""
+    return ["mpiexec", "-n", str(ranks)]
+
+
+def _run_tree(argv: list[str], cwd: Path, env: dict[str, str], out: Any, err: Any,
+              timeout: float | None) -> int:
+    """Run ``argv`` in its own session; on time-out end its whole process tree."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        proc.wait()
+        raise TaskError(f"timed out after {timeout:g} s; its processes were ended") from None
+    except BaseException:
+        _kill_tree(proc.pid)
+        proc.wait()
+        raise
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

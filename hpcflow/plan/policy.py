@@ -1,0 +1,149 @@
+"""Where a ready task may run: the one placement policy, shared by the engine and the planner.
+
+Workers are *slots*: an MPI worker rank (or a local worker process) that owns a share of
+its node (cores, GPU ids, memory) and runs one task at a time. A task instance needs, for
+each of its ``ranks``, enough shares on one node to cover its cores, GPUs and memory:
+``span`` slots, of which the first (the *leader*) runs that rank and the others are held
+idle so that nothing oversubscribes the node. All slots of one task sit on one node.
+
+Order is decided elsewhere (a ready heap keyed by the plan's priority, longest remaining
+path first); this module answers only "can it go now, and on which slots", in O(1) for
+the common one-slot task. :class:`Placer` is pure bookkeeping, so the planner's
+simulator drives the very same object with simulated time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_HELD = 1 << 20
+"""Load of a slot held whole by a multi-slot task: above any queue depth."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A worker: ``index`` into the slot list, ``node`` its host, and its share."""
+
+    index: int
+    node: str
+    cores: int = 1
+    gpus: tuple[str, ...] = ()
+    memory: int = 0  # bytes; 0 = not limited
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The slots a task got: ``leaders[r]`` runs rank r; ``slots`` are all those held."""
+
+    leaders: tuple[int, ...]
+    slots: tuple[int, ...]
+    gpus: tuple[tuple[str, ...], ...]  # per rank: the GPU ids it may use
+    exclusive: bool = False  # True: the slots were idle and are held whole
+
+
+def span(share: Slot, cores: int, gpus: int, memory: int) -> int:
+    """Slots of ``share``'s size that one rank needing (cores, gpus, memory) holds.
+
+    Returns 0 when it can never fit (GPUs asked where the share has none)."""
+    need = math.ceil(cores / max(share.cores, 1))
+    if gpus:
+        if not share.gpus:
+            return 0
+        need = max(need, math.ceil(gpus / len(share.gpus)))
+    if memory and share.memory:
+        need = max(need, math.ceil(memory / share.memory))
+    return need
+
+
+class Placer:
+    """Tracks which slots are free and places tasks on them.
+
+    ``depth`` lets a one-slot task be queued on a slot that is already busy (up to
+    ``depth`` tasks per slot): the engine raises it for very short tasks so that a
+    worker never waits for its next message; multi-slot tasks always need idle slots.
+    """
+
+    def __init__(self, slots: Sequence[Slot], depth: int = 1) -> None:
+        if not slots:
+            raise ValueError("no worker slots")
+        self.slots = list(slots)
+        self.load = [0] * len(slots)
+        self.depth = depth
+        self._nodes: dict[str, list[int]] = {}
+        for slot in self.slots:
+            self._nodes.setdefault(slot.node, []).append(slot.index)
+        self._open: deque[int] = deque()  # slot ids with room, one entry per free queue place
+        for _ in range(depth):
+            self._open.extend(s.index for s in self.slots)
+
+    @property
+    def full(self) -> bool:
+        """No slot can take another task now."""
+        return all(load >= self.depth for load in self.load) if not self._open else False
+
+    def max_span(self, cores: int, gpus: int, memory: int, ranks: int) -> int:
+        """Largest node's capacity check: 0 if the task fits on no node at all, else its
+        total slot count (span x ranks)."""
+        best = 0
+        for members in self._nodes.values():
+            share = self.slots[members[0]]
+            per_rank = span(share, cores, gpus, memory)
+            if per_rank and per_rank * ranks <= len(members):
+                best = per_rank * ranks
+        return best
+
+    def set_depth(self, depth: int) -> None:
+        """Allow ``depth`` queued one-slot tasks per slot from now on."""
+        if depth > self.depth:
+            for _ in range(depth - self.depth):
+                self._open.extend(s.index for s in self.slots)
+        self.depth = depth
+
+    def place(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
+        """Slots for a task now, or None if it must wait."""
+        first = self.slots[0]
+        if ranks == 1 and not gpus and span(first, cores, 0, memory) == 1:
+            return self._place_one()
+        return self._place_many(cores, gpus, memory, ranks)
+
+    def _place_one(self) -> Placement | None:
+        while self._open:
+            index = self._open.popleft()
+            if self.load[index] < self.depth:
+                self.load[index] += 1
+                return Placement((index,), (index,), (self.slots[index].gpus,))
+        return None
+
+    def _place_many(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
+        for members in self._nodes.values():
+            share = self.slots[members[0]]
+            per_rank = span(share, cores, gpus, memory)
+            if not per_rank:
+                continue
+            idle = [i for i in members if self.load[i] == 0]
+            if len(idle) < per_rank * ranks:
+                continue
+            chosen = idle[: per_rank * ranks]
+            for i in chosen:
+                self.load[i] += _HELD  # held slots take no queued work
+            groups = [chosen[r * per_rank : (r + 1) * per_rank] for r in range(ranks)]
+            gpu_ids = tuple(
+                tuple(g for i in group for g in self.slots[i].gpus)[:gpus] if gpus else ()
+                for group in groups
+            )
+            return Placement(tuple(g[0] for g in groups), tuple(chosen), gpu_ids, exclusive=True)
+        return None
+
+    def release(self, placement: Placement) -> None:
+        """The task on ``placement`` finished (or failed): its slots take work again."""
+        if not placement.exclusive:
+            index = placement.slots[0]
+            self.load[index] -= 1
+            self._open.append(index)
+            return
+        for i in placement.slots:
+            self.load[i] -= _HELD
+            self._open.extend([i] * self.depth)

@@ -1,0 +1,158 @@
+"""The run directory: one folder per run, the spine every later feature reads.
+
+Layout (documented in docs/architecture.md; keep both in step)::
+
+    <run>/
+      run.json          what ran: workflow, spec, engine, workers, times, final status
+      plan.npz          the plan's arrays (group of each task, CSR edges, resources)
+      groups.json       group names, sizes and first ids (names of task instances)
+      journal.bin       task events, appended in batches by the coordinator alone
+      results/<id>.pkl  large results (written aside, then renamed)
+      tasks/<name>/     a task's own folder, made when needed: stdout.log, stderr.log,
+                        error.log (traceback), a shell task's declared output files
+      lock              held (flock) by the coordinator while the run is live
+
+The folder is created private to the user (0700). A run directory is reused only
+through resume, which checks that the user owns it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pickle
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcflow.errors import RunDirError
+from hpcflow.plan.plan import Plan
+
+DEFAULT_ROOT = "hpcflow-runs"
+INLINE_RESULT_LIMIT = 64 * 1024
+"""Pickled results up to this size are kept in the journal; larger ones in results/."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]/]")
+
+
+class RunDir:
+    """Paths of one run's folder; creates the parts it hands out."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).resolve()
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def create(cls, workflow: str, root: str | os.PathLike[str] | None = None,
+               path: str | os.PathLike[str] | None = None) -> RunDir:
+        """A new run folder: ``path`` if given, else ``<root>/<workflow>-<time>-<n>``."""
+        if path is None:
+            base = Path(root or os.environ.get("HPCFLOW_RUNS", DEFAULT_ROOT))
+            base.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for n in range(1, 1000):
+                candidate = base / f"{workflow}-{stamp}-{n}"
+                try:
+                    candidate.mkdir(mode=0o700)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise RunDirError(f"could not make a new run folder under {base}")
+            return cls(candidate)
+        target = Path(path)
+        if target.exists() and any(target.iterdir()):
+            raise RunDirError(f"run folder {target} exists and is not empty "
+                              "(resume it, or choose another --run-dir)")
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cls(target)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunDir:
+        """An existing run folder, which must belong to the current user."""
+        run = cls(path)
+        if not (run.path / "run.json").is_file():
+            raise RunDirError(f"{run.path} is not a run folder (no run.json)")
+        if run.path.stat().st_uid != os.getuid():
+            raise RunDirError(f"{run.path} belongs to another user; results are only "
+                              "loaded from your own run folders")
+        return run
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "journal.bin"
+
+    def task_dir(self, name: str, create: bool = True) -> Path:
+        """The folder of task instance ``name`` (``stats/mean``, ``sim[3]``)."""
+        safe = _UNSAFE.sub("_", name).replace("..", "_")
+        folder = self.path / "tasks" / safe
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def result_path(self, task_id: int) -> Path:
+        return self.path / "results" / f"{task_id}.pkl"
+
+    def lock(self) -> None:
+        """Hold the run's lock; a second live run on the same folder is refused."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"{self.path} is in use by another live run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        write_atomic(self.path / "run.json", json.dumps(info, indent=2, default=str).encode())
+
+    def read_info(self) -> dict[str, Any]:
+        return json.loads((self.path / "run.json").read_text())
+
+    def save_plan(self, plan: Plan) -> None:
+        """The plan's arrays and group names, for status and the report (no callables)."""
+        with open(self.path / "plan.npz.tmp", "wb") as fh:
+            np.savez(fh, group_of=plan.group_of, pred_ptr=plan.pred_ptr, pred=plan.pred,
+                     cores=plan.cores, gpus=plan.gpus, ranks=plan.ranks,
+                     memory=plan.memory, time=plan.time)
+        os.replace(self.path / "plan.npz.tmp", self.path / "plan.npz")
+        groups = [{"name": g.name, "start": g.start, "size": g.size,
+                   "action": g.task.action.label} for g in plan.groups]
+        write_atomic(self.path / "groups.json", json.dumps(groups).encode())
+
+    def store_result(self, task_id: int, value: Any) -> tuple[str, Any]:
+        """How a result goes into the journal: ``("inline", value)`` or ``("file", path)``."""
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) <= INLINE_RESULT_LIMIT:
+            return ("inline", value)
+        path = self.result_path(task_id)
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, data)
+        return ("file", str(path))
+
+
+def load_result(stored: tuple[str, Any]) -> Any:
+    kind, payload = stored
+    if kind == "inline":
+        return payload
+    with open(payload, "rb") as fh:
+        return pickle.load(fh)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write aside, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)

@@ -10,6 +10,7 @@ substituted value quoted, run in the task's own folder with their output in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -235,12 +236,8 @@ def _kill_tree(pid: int) -> None:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for child in children:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass

@@ -32,6 +32,7 @@ from hpcflow.errors import (
     TaskFailed,
 )
 from hpcflow.model import (
+    REQUIRED,
     Resources,
     TaskFunction,
     TaskRef,
@@ -64,6 +65,7 @@ def run(wf: Workflow, *, engine: str = "local", workers: int | None = None,
 
 
 __all__ = [
+    "REQUIRED",
     "CycleError",
     "EngineError",
     "HpcflowError",

@@ -1,0 +1,1 @@
+"""Store layer: the run folder and its journal, written by the coordinator alone."""

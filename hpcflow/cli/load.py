@@ -1,0 +1,59 @@
+"""Find the workflow a command names: a YAML spec, or ``file.py:name`` in Python.
+
+``file.py:name`` imports the file (as ``__main__``-free module) and takes ``name``: a
+:class:`Workflow`, or a function of no arguments returning one. Without ``:name`` a
+Python file must define exactly one Workflow at module level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from hpcflow.errors import SpecError
+from hpcflow.model.workflow import Workflow
+
+
+def load(target: str) -> Workflow:
+    path_text, _, attr = target.partition(":") if ".py:" in target else (target, "", "")
+    path = Path(path_text)
+    if not path.exists():
+        raise SpecError(f"no such file: {path}")
+    if path.suffix == ".py":
+        return _load_python(path, attr)
+    from hpcflow.spec import load_workflow
+
+    return load_workflow(path)
+
+
+def _load_python(path: Path, attr: str) -> Workflow:
+    name = f"hpcflow_workflow_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path.resolve())
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec.loader.exec_module(module)
+    if attr:
+        if not hasattr(module, attr):
+            raise SpecError(f"{path} defines no '{attr}'")
+        found = getattr(module, attr)
+        found = found() if callable(found) and not isinstance(found, Workflow) else found
+        if not isinstance(found, Workflow):
+            raise SpecError(f"{path}:{attr} is not a Workflow (got {type(found).__name__})")
+        return _with_path(found, folder)
+    workflows = [v for v in vars(module).values() if isinstance(v, Workflow)]
+    if len(workflows) != 1:
+        raise SpecError(f"{path} defines {len(workflows)} workflows at module level: "
+                        "name one as FILE.py:NAME")
+    return _with_path(workflows[0], folder)
+
+
+def _with_path(workflow: Workflow, folder: str) -> Workflow:
+    if folder not in workflow.python_path:
+        workflow.python_path.append(folder)
+    return workflow

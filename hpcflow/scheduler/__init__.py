@@ -1,0 +1,1 @@
+"""Resource scheduler adapter layer: talks to batch systems (Slurm)."""

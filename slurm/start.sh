@@ -371,22 +371,29 @@ start_mariadb() {
     die "could not create the slurm user in MariaDB"
 }
 
-# A node is ready when it answers and takes jobs. A drain reason or DOWN state
-# kept in slurmctld's state from an earlier run is resumed; for a slurmd
-# started just now, also wait for its registration (SlurmdStartTime changes),
-# since saved state may show the node idle before that.
+# A node is ready when slurmctld lists it in a usable state AND has heard
+# from its slurmd since slurmctld started: a restarted slurmctld shows the
+# state it saved (idle, say) but refuses jobs on the node ("Requested node
+# configuration is not available") until the node registers, which shows as
+# SlurmdStartTime=None. For a slurmd started just now, SlurmdStartTime must
+# also have changed. A drain reason or DOWN state kept from an earlier run is
+# resumed.
 wait_nodes() {
-  local deadline=$((SECONDS + TIMEOUT)) node state pending line
-  local -A states=() resumed=()
+  local deadline=$((SECONDS + TIMEOUT)) same_second=$((SECONDS + 5)) node state pending
+  local -A states=() started=() resumed=()
   while :; do
     states=()
     while read -r node state; do states[$node]=$state; done < <(timeout 5 sinfo -h -N -o '%N %T' 2>/dev/null || true)
+    started=()
+    while read -r node state; do started[$node]=$state; done < <(node_start_times)
     pending=()
     for node in "${NODE_NAMES[@]}"; do
       state=${states[$node]-missing}
       case $state in
         idle | mixed | allocated | completing | planned | reserved)
-          if [[ -n ${OLD_START[$node]+x} && $(node_start_time "$node") == "${OLD_START[$node]}" ]]; then
+          # (an unchanged time is accepted after 5 s: a restart within the same second)
+          if [[ ${started[$node]-None} == None ]] ||
+            { [[ ${started[$node]} == "${OLD_START[$node]-}" ]] && ((SECONDS < same_second)); }; then
             pending+=("$node:registering")
           fi
           ;;
@@ -398,8 +405,7 @@ wait_nodes() {
           resumed[$node]=1
           ;;
         inval*)
-          line=$(timeout 5 sinfo -h -n "$node" -o %E 2>/dev/null || true)
-          log "node $node is INVAL: $line"
+          log "node $node is INVAL: $(timeout 5 sinfo -h -n "$node" -o %E 2>/dev/null || true)"
           tail_logs "$(logfile_of "slurmd:$node")" "$LOG_DIR/slurmctld.log"
           exit 1
           ;;
@@ -418,22 +424,34 @@ wait_nodes() {
   done
 }
 
-node_start_time() {
-  local out
-  out=$(timeout 5 scontrol -o show node "$1" 2>/dev/null || true)
-  [[ $out =~ SlurmdStartTime=([^ ]+) ]] && echo "${BASH_REMATCH[1]}"
-  return 0
+# node_start_times: "NODE SlurmdStartTime" lines ("None" before it registers).
+node_start_times() {
+  local line node
+  while read -r line; do
+    [[ $line =~ NodeName=([^ ]+) ]] || continue
+    node=${BASH_REMATCH[1]}
+    [[ $line =~ SlurmdStartTime=([^ ]+) ]] && echo "$node ${BASH_REMATCH[1]}"
+  done < <(timeout 5 scontrol -o show nodes 2>/dev/null || true)
 }
 
 start_slurmds() {
-  local node
+  local node time running=0
   declare -gA OLD_START=()
+  while read -r node time; do OLD_START[$node]=$time; done < <(node_start_times)
   for node in "${NODE_NAMES[@]}"; do
-    daemon_pid "slurmd:$node" >/dev/null && continue
-    OLD_START[$node]=$(node_start_time "$node")
+    if daemon_pid "slurmd:$node" >/dev/null; then
+      running=1
+      unset "OLD_START[$node]"
+      continue
+    fi
     install -d -m 755 "$STATE_DIR/slurmd/$node" # else slurmd logs "Domain socket directory ... No such file"
     launch "slurmd:$node" slurmd -N "$node" -f "$SLURM_CONF"
   done
+  # A slurmctld started just now would wait ~5 s before asking running slurmds
+  # to register; a reconfigure makes them register at once.
+  if ((running)) && [[ " ${STARTED[*]} " == *" slurmctld "* ]]; then
+    timeout 10 scontrol reconfigure || log "scontrol reconfigure failed (nodes register within ~5 s anyway)"
+  fi
 }
 
 write_cluster_env() {

@@ -63,7 +63,7 @@ def test_api_builds_lazily_and_names_tasks():
     assert calls == []  # nothing ran
     assert list(wf.tasks) == ["_lambda_", "_lambda_-2"]
     second = list(wf.tasks.values())[1]
-    assert isinstance(second.args[0], Ref) and second.args[0].task == list(wf.tasks)[0]
+    assert isinstance(second.args[0], Ref) and second.args[0].task == "_lambda_"
 
 
 def test_api_duplicate_explicit_names_rejected():

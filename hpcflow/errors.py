@@ -49,12 +49,12 @@ class SpecError(HpcflowError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = [str(self.location)]
+        where = [str(self.location)] if self.location.file is not None else []
         if self.task is not None:
             where.append(f"task '{self.task}'")
         if self.field is not None:
             where.append(f"field '{self.field}'")
-        return f"{': '.join(where)}: {self.message}"
+        return f"{': '.join(where)}: {self.message}" if where else self.message
 
 
 class CycleError(SpecError):

@@ -1,8 +1,8 @@
 """Find the workflow a command names: a YAML spec, or ``file.py:name`` in Python.
 
-``file.py:name`` imports the file (as ``__main__``-free module) and takes ``name``: a
-:class:`Workflow`, or a function of no arguments returning one. Without ``:name`` a
-Python file must define exactly one Workflow at module level.
+``file.py:name`` imports the file (not as ``__main__``) and takes ``name``: a
+:class:`Workflow`, or a function of no arguments returning one. Without ``:name`` the
+file must define exactly one top-level Workflow (one not nested in another).
 """
 
 from __future__ import annotations
@@ -47,10 +47,20 @@ def _load_python(path: Path, attr: str) -> Workflow:
             raise SpecError(f"{path}:{attr} is not a Workflow (got {type(found).__name__})")
         return _with_path(found, folder)
     workflows = [v for v in vars(module).values() if isinstance(v, Workflow)]
-    if len(workflows) != 1:
-        raise SpecError(f"{path} defines {len(workflows)} workflows at module level: "
-                        "name one as FILE.py:NAME")
-    return _with_path(workflows[0], folder)
+    roots = [w for w in workflows if not any(_nests(other, w) for other in workflows)]
+    if len(roots) != 1:
+        raise SpecError(f"{path} defines {len(roots)} top-level workflows: name one as "
+                        f"{path}:NAME")
+    return _with_path(roots[0], folder)
+
+
+def _nests(outer: Workflow, inner: Workflow) -> bool:
+    """True if ``inner`` is used as a task somewhere inside ``outer``."""
+    for task in outer.tasks.values():
+        sub = getattr(task.action, "workflow", None)
+        if sub is inner or (sub is not None and _nests(sub, inner)):
+            return True
+    return False
 
 
 def _with_path(workflow: Workflow, folder: str) -> Workflow:

@@ -8,6 +8,8 @@
 # another program, so the command name (/proc/PID/comm) must match too.
 
 umask 022
+# The daemons live in /usr/sbin, which a caller's PATH (a test's subprocess) may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin:/sbin ;; esac
 
 CONF_DIR=${HPCFLOW_SLURM_CONF_DIR:-/etc/slurm}
 # Clients, slurmdbd, and the gres.conf/cgroup.conf lookups all follow SLURM_CONF.

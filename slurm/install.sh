@@ -19,8 +19,10 @@ EOF
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 
-# Package lists younger than a day are used as they are; older or missing ones
-# are refreshed first (a stale list asks the mirror for files it no longer has).
+# If some package list is younger than a day, use the lists as they are;
+# otherwise refresh them first (a stale list asks the mirror for files it no
+# longer has). apt keeps the mirror's date on lists that did not change, so an
+# unchanged suite may look old: the cost is one extra update (~1 s).
 lists_fresh() {
   [[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -1 -print -quit 2>/dev/null) ]]
 }

@@ -19,7 +19,7 @@ EOF
 }
 
 cancel_jobs() {
-  local ids deadline=$((SECONDS + 15))
+  local ids deadline=$((SECONDS + 10))
   ctld_ok || return 0
   ids=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
   [[ -n $ids ]] || return 0
@@ -38,15 +38,27 @@ pids_of() {
   for name; do daemon_pid "$name" || true; done
 }
 
+# job_cgroup_pids: processes still in our nodes' job cgroups (proctrack/cgroup
+# puts each job under /sys/fs/cgroup/<controller>/slurm_<node>/). Without
+# cgroups a job's orphans cannot be told apart from anything else.
+job_cgroup_pids() {
+  local f
+  for f in /sys/fs/cgroup/freezer/slurm_n[0-9]*/uid_*/job_*/step_*/cgroup.procs; do
+    [[ -r $f ]] && cat "$f"
+  done
+  return 0
+}
+
 stop_all() {
   local pids=() pid failed=0
   mapfile -t pids < <(pids_of slurmctld slurmdbd)
   while read -r pid _; do pids+=("$pid"); done < <(slurmd_pids)
-  terminate 20 "${pids[@]}" || failed=1
-  # A slurmstepd stuck after a failed launch outlives slurmd.
-  mapfile -t pids < <(scan_pids slurmstepd)
+  terminate 15 "${pids[@]}" || failed=1
+  # A slurmstepd stuck after a failed launch outlives slurmd (and keeps it
+  # from exiting on SIGTERM); its job's processes outlive it.
+  mapfile -t pids < <(scan_pids slurmstepd; job_cgroup_pids)
   if ((${#pids[@]})); then
-    log "killing leftover slurmstepd: ${pids[*]}"
+    log "killing leftover slurmstepd and job processes: ${pids[*]}"
     kill -KILL "${pids[@]}" 2>/dev/null || true
     wait_gone 5 "${pids[@]}" || failed=1
   fi

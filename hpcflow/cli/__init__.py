@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["dot", "mermaid", "svg"], default="dot")
     p.add_argument("--instances", action="store_true", help="one node per task instance")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+    run_help = "a run folder (or its name under $HPCFLOW_RUNS / ./hpcflow-runs)"
+    p = sub.add_parser("status", help="task counts, elapsed time and failures of a run, live or not")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    p.add_argument("run", help=run_help)
+    p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
     return parser
 
 

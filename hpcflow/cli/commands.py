@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from hpcflow.cli import EXIT_FAILED, EXIT_OK, print_json
-from hpcflow.cli.load import load
-from hpcflow.plan.flatten import flatten
+from hpcflow.cli.load import load_plan
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = flatten(load(args.workflow))
+    plan = load_plan(args.workflow)
     print(f"{args.workflow}: ok: workflow '{plan.workflow}', {plan.n} task(s) in "
           f"{len(plan.groups)} group(s), {plan.n_edges} dependencies")
     return EXIT_OK
@@ -24,7 +23,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hpcflow.plan.analyse import analyse
     from hpcflow.plan.summary import summary_json, summary_text
 
-    plan = flatten(load(args.workflow))
+    plan = load_plan(args.workflow)
     analysis = analyse(plan)
     if args.json:
         print_json(summary_json(plan, analysis))
@@ -36,7 +35,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     from hpcflow.report import graph
 
-    plan = flatten(load(args.workflow))
+    plan = load_plan(args.workflow)
     render = {"dot": graph.to_dot, "mermaid": graph.to_mermaid, "svg": graph.to_svg}[args.format]
     try:
         text = render(plan, instances=args.instances)
@@ -58,14 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from hpcflow.engine.mpi.launch import relaunch
 
         return relaunch(sys.argv, args.workers)
-    workflow = load(args.workflow)
+    plan = load_plan(args.workflow)
     config = EngineConfig(
         engine=args.engine, workers=args.workers,
         gpus=tuple(g for g in args.gpus.split(",") if g), run_dir=args.run_dir,
         runs_root=args.runs_root, spec=str(Path(args.workflow).resolve()),
         options=RunOptions(keep_going=not args.stop_on_failure, fsync=args.fsync),
     )
-    result = run_workflow(workflow, config)
+    result = run_workflow(plan, config)
     if args.engine == "mpi" and _mpi_rank() != 0:
         return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
     _report(result, args.json)
@@ -108,3 +107,32 @@ def _mpi_rank() -> int:
     from mpi4py import MPI
 
     return MPI.COMM_WORLD.rank
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpcflow.report.status import batch_job_state, run_status, status_json, status_text
+
+    status = run_status(_run_folder(args.run), job_state=batch_job_state)
+    if args.json:
+        print_json(status_json(status))
+    else:
+        sys.stdout.write(status_text(status))
+    return EXIT_FAILED if status.status == "failed" else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpcflow.report.html import write_report
+
+    path = write_report(_run_folder(args.run), args.output)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def _run_folder(name: str) -> str:
+    """``name`` as given, or the run of that name under the runs root (as ``run`` makes them)."""
+    if Path(name).exists():
+        return name
+    for root in (os.environ.get("HPCFLOW_RUNS"), "hpcflow-runs"):
+        if root and (Path(root) / name).is_dir():
+            return str(Path(root) / name)
+    return name

@@ -13,6 +13,20 @@ from pathlib import Path
 
 from hpcflow.errors import SpecError
 from hpcflow.model.workflow import Workflow
+from hpcflow.plan.flatten import flatten
+from hpcflow.plan.plan import Plan
+
+
+def load_plan(target: str) -> Plan:
+    """The flattened plan of ``target``; a YAML spec's planner errors name file and line."""
+    if Path(target.partition(":")[0] if ".py:" in target else target).suffix == ".py":
+        return flatten(load(target))
+    from hpcflow.spec import load_plan as load_spec_plan
+
+    path = Path(target)
+    if not path.exists():
+        raise SpecError(f"no such file: {path}")
+    return load_spec_plan(path)
 
 
 def load(target: str) -> Workflow:

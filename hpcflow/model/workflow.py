@@ -30,7 +30,7 @@ class Workflow:
     targets resolve relative to the spec file that named them."""
 
     def __post_init__(self) -> None:
-        if not TASK_ID_RE.match(self.name):
+        if not TASK_ID_RE.fullmatch(self.name):
             raise SpecError(
                 f"workflow name {self.name!r} must start with a letter or '_' and use only "
                 "letters, digits, '_', '.', '-' (at most 128)",
@@ -71,7 +71,7 @@ class Workflow:
 
     def _check_task(self, task: Task) -> None:
         where = {"task": task.id, "location": task.location}
-        if not TASK_ID_RE.match(task.id):
+        if not TASK_ID_RE.fullmatch(task.id):
             raise SpecError(
                 "task id must start with a letter or '_' and use only letters, digits, "
                 "'_', '.', '-' (at most 128)",

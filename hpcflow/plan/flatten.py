@@ -13,13 +13,14 @@ a handful of numpy calls), then deduplicated and packed into CSR.
 from __future__ import annotations
 
 import graphlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from hpcflow.errors import SpecError
+from hpcflow.errors import Location, SpecError
 from hpcflow.model.task import Param, Ref, ShellCommand, SubWorkflow, Task
 from hpcflow.model.workflow import REQUIRED, Workflow
 from hpcflow.plan.plan import Group, GroupRef, Plan, map_group_refs
@@ -34,6 +35,7 @@ class _Scope:
 
     prefix: str
     params: dict[str, Any]
+    location: Location | None = None
     groups_of: dict[str, list[int]] = field(default_factory=dict)  # task id -> its group ids
     refs_of: dict[str, GroupRef] = field(default_factory=dict)  # leaf task id -> its ref
     outputs_of: dict[str, dict[str, GroupRef]] = field(default_factory=dict)  # nested id
@@ -51,7 +53,8 @@ def flatten(workflow: Workflow) -> Plan:
     """Expand ``workflow`` into a plan. Raises :class:`SpecError` for what the model alone
     could not check (a plain reference to a swept task, a bad sweep index, size limits)."""
     builder = _Builder()
-    scope = _Scope(prefix="", params={k: v for k, v in workflow.inputs.items() if v is not REQUIRED})
+    scope = _Scope(prefix="", params={k: v for k, v in workflow.inputs.items() if v is not REQUIRED},
+                   location=workflow.location)
     missing = [k for k, v in workflow.inputs.items() if v is REQUIRED]
     if missing:
         raise SpecError(f"workflow input(s) {', '.join(missing)} have no value", field="inputs",
@@ -101,7 +104,7 @@ def _expand_nested(task: Task, scope: _Scope, builder: _Builder) -> None:
     if missing:
         raise SpecError(f"missing input(s) {', '.join(missing)} of workflow '{sub.name}'",
                         task=task.id, field="inputs", location=task.location)
-    inner = _Scope(prefix=f"{scope.prefix}{task.id}/", params=params)
+    inner = _Scope(prefix=f"{scope.prefix}{task.id}/", params=params, location=sub.location)
     first_group = len(builder.groups)
     after_ids = _after_ids(task, scope)
     _expand(sub, inner, builder)
@@ -168,7 +171,7 @@ def _resolve_sweep(task: Task, scope: _Scope,
     if mode == "zip" and len(set(lengths)) > 1:
         raise SpecError(f"zip sweep needs parameters of equal length, got {lengths}",
                         task=task.id, field="sweep", location=task.location)
-    size = int(np.prod(lengths, dtype=np.int64)) if mode == "product" else lengths[0]
+    size = math.prod(lengths) if mode == "product" else lengths[0]
     shape = tuple(lengths) if mode == "product" else (lengths[0],)
     return params, shape, size
 
@@ -190,7 +193,7 @@ def _resolve(value: Any, scope: _Scope, builder: _Builder, task: Task, path: str
 def _resolve_ref(ref: Ref, scope: _Scope, builder: _Builder, task: Task | None, path: str,
                  allow_swept: bool = False) -> GroupRef:
     where = {"task": task.id if task else None, "field": path,
-             "location": task.location if task else None}
+             "location": task.location if task else scope.location}
     if ref.task in scope.outputs_of:
         outputs = scope.outputs_of[ref.task]
         if ref.key is None and len(outputs) != 1:
@@ -206,7 +209,8 @@ def _resolve_ref(ref: Ref, scope: _Scope, builder: _Builder, task: Task | None, 
     _check_key(upstream, ref.key, where)
     if ref.mode == "one" and upstream.swept and not allow_swept:
         raise SpecError(f"task '{ref.task}' is swept ({upstream.size} instances): use "
-                        f"'{ref.task}[*]' for all of their outputs, or sweep over it", **where)
+                        f"'{ref.task}[*]' (YAML: \"${{{ref.task}[*]}}\", Python: ref.all()) for all of their "
+                        "outputs, or sweep over it", **where)
     return GroupRef(base.group, ref.key, "all" if ref.mode == "all" else "one")
 
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from hpcflow.errors import HpcflowError
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the flattened plan: tasks, levels, critical path, demand")
     p.add_argument("workflow", help=target_help)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--slurm", action="store_true",
+                   help="also size one Slurm job for it: candidates, choice and why")
+    _sizing_options(p)
 
     p = sub.add_parser("run", help="run a workflow (locally, or under mpiexec with --engine mpi)")
     p.add_argument("workflow", help=target_help)
@@ -61,7 +65,52 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run")
     p.add_argument("run", help=run_help)
     p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
+    _slurm_commands(sub, target_help, run_help)
     return parser
+
+
+def _sizing_options(p: argparse.ArgumentParser) -> None:
+    """Options that fix part of a Slurm request (``plan --slurm`` and ``submit``)."""
+    g = p.add_argument_group("Slurm request (each overrides the sizing)")
+    g.add_argument("--profile", help="cluster profile YAML (default: $HPCFLOW_SLURM_PROFILE, "
+                   "~/.config/hpcflow/slurm.yaml, else discovered from the cluster)")
+    g.add_argument("--partition", help="partition (default: the profile's)")
+    g.add_argument("--nodes", type=int, help="node count (default: chosen by simulation)")
+    g.add_argument("--ntasks-per-node", type=int, help="ranks per node, coordinator included")
+    g.add_argument("--cpus-per-task", type=int, help="cores per rank (default 1)")
+    g.add_argument("--gpus-per-node", type=int, help="GPUs per node")
+    g.add_argument("--mem", help="memory per node, e.g. 4G (written in the profile's style)")
+    g.add_argument("--time", help="wall time to request, e.g. 2h or 01:30:00 "
+                   "('none': the partition's default, where the profile allows it)")
+    g.add_argument("--deadline", help="the run must finish within this run time, e.g. 30m")
+    g.add_argument("--engine", choices=["mpi", "local"],
+                   help="engine inside the job (default: the profile's, mpi)")
+
+
+def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
+    p = sub.add_parser("submit", help="run a workflow as ONE Slurm batch job (sbatch)")
+    p.add_argument("workflow", help=target_help)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the batch script (and check it with sbatch --test-only); submit nothing")
+    _sizing_options(p)
+    p.add_argument("--account", help="Slurm account (default: the profile's)")
+    p.add_argument("--qos", help="Slurm QoS (default: the profile's)")
+    p.add_argument("--constraint", help="node features (default: the profile's)")
+    p.add_argument("--python", help="interpreter inside the job (default: this one)")
+    p.add_argument("--no-test-only", action="store_true", help="skip the sbatch --test-only check")
+    p.add_argument("--run-dir", help="folder for this run (default: a new one under --runs-root)")
+    p.add_argument("--runs-root", help="where new run folders go (default: $HPCFLOW_RUNS or "
+                   "./hpcflow-runs)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted run (scancel)")
+    p.add_argument("run", help=run_help)
+
+    p = sub.add_parser("cluster", help="cluster profiles for Slurm")
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    d = cluster.add_parser("discover", help="write a profile from what the cluster reports")
+    d.add_argument("-o", "--output", help="write the profile YAML here (default: print it)")
+    d.add_argument("--name", default="cluster", help="the profile's name")
 
 
 def _version() -> str:

@@ -25,10 +25,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.workflow)
     analysis = analyse(plan)
+    sized = _slurm_sizing(plan, analysis, args) if args.slurm else None
     if args.json:
-        print_json(summary_json(plan, analysis))
+        data = summary_json(plan, analysis)
+        if sized:
+            from hpcflow.scheduler.slurm.view import sizing_json
+
+            data["slurm"] = {"profile": sized[1], **sizing_json(sized[0])}
+        print_json(data)
     else:
         print(summary_text(plan, analysis), end="")
+        if sized:
+            from hpcflow.scheduler.slurm.view import sizing_text
+
+            print(f"\n\nprofile: {sized[1]}\n{sizing_text(sized[0])}", end="")
     return EXIT_OK
 
 
@@ -136,3 +146,97 @@ def _run_folder(name: str) -> str:
         if root and (Path(root) / name).is_dir():
             return str(Path(root) / name)
     return name
+
+
+def _slurm_sizing(plan: Any, analysis: Any, args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """The sizing of ``plan`` under the options of ``plan --slurm`` / ``submit``, where the
+    profile came from, and the profile."""
+    from hpcflow.scheduler.slurm.profile import resolve_profile
+    from hpcflow.scheduler.slurm.sizing import size
+
+    profile, source = resolve_profile(args.profile)
+    return size(plan, analysis, profile, _overrides(args)), source, profile
+
+
+def _overrides(args: argparse.Namespace) -> Any:
+    from hpcflow.errors import SpecError
+    from hpcflow.model.resources import parse_memory, parse_time
+    from hpcflow.scheduler.slurm.sizing import Overrides
+
+    def parsed(name: str, parse: Any) -> Any:
+        value = getattr(args, name)
+        try:
+            return None if value is None else parse(value)
+        except ValueError as exc:
+            raise SpecError(str(exc), field=f"--{name.replace('_', '-')}") from None
+
+    for name in ("nodes", "ntasks_per_node", "cpus_per_task"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SpecError("must be at least 1", field=f"--{name.replace('_', '-')}")
+    no_time = (args.time or "").strip().lower() == "none"
+    return Overrides(
+        partition=args.partition, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
+        cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
+        memory=parsed("mem", parse_memory), time=None if no_time else parsed("time", parse_time),
+        no_time=no_time, deadline=parsed("deadline", parse_time), engine=args.engine)
+
+
+def _spec_argument(target: str) -> str:
+    """The workflow argument with its file made absolute (the job may start elsewhere)."""
+    path, sep, name = target.partition(":") if ".py:" in target else (target, "", "")
+    return str(Path(path).resolve()) + sep + name
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpcflow.plan.analyse import analyse
+    from hpcflow.scheduler.slurm import submit as slurm
+    from hpcflow.scheduler.slurm.view import sizing_json, sizing_text
+
+    plan = load_plan(args.workflow)
+    analysis = analyse(plan)
+    sizing, source, profile = _slurm_sizing(plan, analysis, args)
+    request = slurm.Request(spec=_spec_argument(args.workflow), account=args.account, qos=args.qos,
+                            constraint=args.constraint, engine=args.engine, python=args.python,
+                            test_only=not args.no_test_only)
+    if not args.json:
+        print(f"profile: {source}\n{sizing_text(sizing)}", end="", file=sys.stderr)
+    if args.dry_run:
+        run_dir = slurm.planned_run_dir(plan.workflow, args.runs_root, args.run_dir)
+        text, checked = slurm.dry_run(plan, sizing, profile, request, run_dir)
+        sys.stdout.write(text)
+        print(f"sbatch --test-only: {checked}" if checked else
+              "not checked with sbatch --test-only (disabled, or no sbatch here)", file=sys.stderr)
+        return EXIT_OK
+    done = slurm.submit(plan, sizing, profile, request, runs_root=args.runs_root,
+                        run_dir=args.run_dir)
+    if args.json:
+        print_json({"job_id": done.job_id, "run_dir": done.run_dir, "script": done.script,
+                    "checked": done.checked, "sizing": sizing_json(sizing)})
+        return EXIT_OK
+    if done.checked:
+        print(f"sbatch --test-only: {done.checked}", file=sys.stderr)
+    print(f"submitted batch job {done.job_id}\nrun folder: {done.run_dir}\n"
+          f"follow it: hpcflow status {done.run_dir}   cancel: hpcflow cancel {done.run_dir}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hpcflow.scheduler.slurm.follow import cancel_job
+    from hpcflow.store.rundir import RunDir
+
+    info = RunDir.open(_run_folder(args.run)).read_info()
+    said = cancel_job(info)
+    print(f"job {info.get('slurm_job_id')}: {said}")
+    return EXIT_OK
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from hpcflow.scheduler.slurm.profile import discover
+
+    text = discover(name=args.name).to_yaml()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}: review it (set-up lines, account, memory and GPU style)")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK

@@ -60,7 +60,7 @@ class LocalBackend:
         for slot in self._slots:
             parent, child = context.Pipe(duplex=True)
             proc = context.Process(target=_worker_main, name=f"hpcflow-worker-{slot.index}",
-                                   args=(child, actions, run_dir, plan.python_path, slot.index),
+                                   args=(child, actions, run_dir, plan.python_path, slot.index, os.getpid()),
                                    daemon=True)
             proc.start()
             child.close()
@@ -103,8 +103,24 @@ class LocalBackend:
             conn.close()
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its coordinator dies (even by kill -9): a
+    forked worker holds copies of the coordinator's descriptors, the run lock included,
+    and would otherwise keep the run looking alive."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn: Connection, actions: list, run_dir: str, python_path: list[str],
-                 index: int) -> None:
+                 index: int, parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:  # the coordinator died before the request took effect
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
     executor = Executor(actions, run_dir, python_path, worker=index)
     pending: list[tuple[Call, int]] = []

@@ -81,8 +81,9 @@ class Placer:
 
     @property
     def full(self) -> bool:
-        """No slot can take another task now."""
-        return all(load >= self.depth for load in self.load) if not self._open else False
+        """No slot can take another task now: every free queue place has an entry in
+        ``_open`` (idle slots included), so an empty ``_open`` means none is free."""
+        return not self._open
 
     def max_span(self, cores: int, gpus: int, memory: int, ranks: int) -> int:
         """Largest node's capacity check: 0 if the task fits on no node at all, else its

@@ -45,6 +45,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).resolve()
         self._lock_fd: int | None = None
+        self._prepared: dict[str, Any] = {}  # run.json written by `hpcflow submit`, kept
 
     @classmethod
     def create(cls, workflow: str, root: str | os.PathLike[str] | None = None,
@@ -66,8 +67,13 @@ class RunDir:
             return cls(candidate)
         target = Path(path)
         if target.exists() and any(target.iterdir()):
-            raise RunDirError(f"run folder {target} exists and is not empty "
-                              "(resume it, or choose another --run-dir)")
+            prepared = _submitted_info(target)
+            if prepared is None:
+                raise RunDirError(f"run folder {target} exists and is not empty "
+                                  "(resume it, or choose another --run-dir)")
+            run = cls.open(target)  # a folder `hpcflow submit` prepared for its batch job
+            run._prepared = prepared
+            return run
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         return cls(target)
 
@@ -115,7 +121,10 @@ class RunDir:
             self._lock_fd = None
 
     def write_info(self, info: dict[str, Any]) -> None:
-        write_atomic(self.path / "run.json", json.dumps(info, indent=2, default=str).encode())
+        """Write run.json; keys that ``hpcflow submit`` wrote (``slurm_job_id``...) are kept
+        unless ``info`` sets them."""
+        data = {**self._prepared, **info}
+        write_atomic(self.path / "run.json", json.dumps(data, indent=2, default=str).encode())
 
     def read_info(self) -> dict[str, Any]:
         return json.loads((self.path / "run.json").read_text())
@@ -140,6 +149,16 @@ class RunDir:
         path.parent.mkdir(exist_ok=True)
         write_atomic(path, data)
         return ("file", str(path))
+
+
+def _submitted_info(folder: Path) -> dict[str, Any] | None:
+    """run.json of a folder that ``hpcflow submit`` prepared and no run has used yet
+    (status ``submitted``), else None."""
+    try:
+        info = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("status") == "submitted" else None
 
 
 def load_result(stored: tuple[str, Any]) -> Any:

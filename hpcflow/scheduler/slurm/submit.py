@@ -1,0 +1,162 @@
+"""Submitting a workflow run as one batch job, and checking the request first.
+
+:func:`submit` makes the run folder (private, 0700), writes the script and the sizing
+into ``<run>/batch/`` and ``run.json`` with status ``submitted``, asks Slurm whether it
+would accept the request (``sbatch --test-only``, when the profile says so), then
+submits with ``sbatch --parsable --hold``, records the job id in ``run.json`` and only
+then releases the job (``scontrol release``). The hold closes a race: a job that started
+before its id was recorded would copy a ``run.json`` without it (the engine keeps what
+``submit`` wrote; ``RunDir.create`` accepts a folder in state ``submitted``). Anything
+refused before ``sbatch`` removes the run folder again: nothing is submitted and
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hpcflow.plan.plan import Plan
+from hpcflow.scheduler.slurm._cmd import Runner, run_slurm, said, sbatch_env
+from hpcflow.scheduler.slurm.errors import SlurmError, SlurmRejected
+from hpcflow.scheduler.slurm.profile import Profile
+from hpcflow.scheduler.slurm.script import BATCH_FOLDER, batch_job, render_script
+from hpcflow.scheduler.slurm.sizing import Sizing
+from hpcflow.scheduler.slurm.view import sizing_json
+from hpcflow.store.rundir import RunDir, write_atomic
+
+SCRIPT_NAME = "job.sh"
+_JOB_ID = re.compile(r"^(\d+)(;\S+)?$")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for beyond the sizing: the spec to run and directive options."""
+
+    spec: str
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    engine: str | None = None
+    python: str | None = None
+    test_only: bool = True
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    run_dir: str
+    script: str
+    checked: str | None  # what sbatch --test-only said, None if not asked
+
+
+def script_for(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run_dir: str) -> str:
+    """The batch script for running ``plan`` in ``run_dir``."""
+    job = batch_job(sizing, profile, workflow=plan.workflow, run_dir=run_dir, spec=request.spec,
+                    account=request.account, qos=request.qos, constraint=request.constraint,
+                    engine=request.engine, python=request.python)
+    return render_script(job)
+
+
+def test_only(script: str | os.PathLike[str], run: Runner | None = None) -> str:
+    """Ask Slurm whether it would run ``script`` (``sbatch --test-only``): its answer, or
+    :class:`SlurmRejected` with Slurm's message."""
+    run = run or partial(run_slurm, env=sbatch_env())
+    done = run(["sbatch", "--test-only", str(script)])
+    answer = said(done)
+    if done.returncode != 0:
+        raise SlurmRejected(f"Slurm would not accept this request (sbatch --test-only): "
+                            f"{answer}; nothing was submitted", output=said(done))
+    return answer
+
+
+def dry_run(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run_dir: str,
+            run: Runner | None = None) -> tuple[str, str | None]:
+    """The script ``submit`` would write, and what ``sbatch --test-only`` says of it (None
+    when not asked or Slurm is not here). Creates nothing but a temporary file."""
+    text = script_for(plan, sizing, profile, request, run_dir)
+    if not (request.test_only and profile.test_only) or (run is None and not shutil.which("sbatch")):
+        return text, None
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="hpcflow-") as fh:
+        fh.write(text)
+        fh.flush()
+        return text, test_only(fh.name, run)
+
+
+def submit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, *,
+           runs_root: str | None = None, run_dir: str | None = None, run: Runner | None = None,
+           argv: Sequence[str] | None = None) -> Submitted:
+    """Prepare the run folder, check, submit held, record the job id, release."""
+    run = run or partial(run_slurm, env=sbatch_env())
+    folder = RunDir.create(plan.workflow, root=runs_root, path=run_dir)
+    script_path = folder.path / BATCH_FOLDER / SCRIPT_NAME
+    with _removed_on_error(folder.path):
+        text = script_for(plan, sizing, profile, request, str(folder.path))
+        (folder.path / BATCH_FOLDER).mkdir(mode=0o700)
+        write_atomic(script_path, text.encode())
+        script_path.chmod(0o700)
+        write_atomic(folder.path / BATCH_FOLDER / "sizing.json",
+                     json.dumps(sizing_json(sizing), indent=2).encode())
+        info = _run_info(plan, sizing, request.spec, request.engine or profile.engine, folder.path,
+                         argv)
+        folder.write_info(info)
+        checked = test_only(script_path, run) if request.test_only and profile.test_only else None
+        job_id = _sbatch(script_path, run)
+    info["slurm_job_id"] = job_id
+    folder.write_info(info)
+    done = run(["scontrol", "release", job_id])
+    if done.returncode != 0:
+        raise SlurmError(f"job {job_id} was submitted on hold but could not be released: "
+                         f"{said(done)}; release it with: scontrol release {job_id}")
+    return Submitted(job_id, str(folder.path), str(script_path), checked)
+
+
+def _sbatch(script: Path, run: Runner) -> str:
+    done = run(["sbatch", "--parsable", "--hold", str(script)])
+    match = _JOB_ID.match(done.stdout.strip()) if done.returncode == 0 else None
+    if match is None:
+        raise SlurmRejected(f"sbatch refused the job: {said(done) or 'no job id'}; nothing was "
+                            "submitted", output=said(done))
+    return match.group(1)
+
+
+def _run_info(plan: Plan, sizing: Sizing, spec: str, engine: str, path: Path,
+              argv: Sequence[str] | None) -> dict[str, Any]:
+    shape = sizing.shape
+    return {"workflow": plan.workflow, "spec": spec, "engine": engine,
+            "created": time.time(), "host": socket.gethostname(),
+            "argv": list(argv if argv is not None else sys.argv), "tasks": plan.n,
+            "status": "submitted", "run_dir": str(path),
+            "slurm": {"partition": sizing.partition.name, **asdict(shape),
+                      "time": sizing.time, "script": str(path / BATCH_FOLDER / SCRIPT_NAME)}}
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Any:
+    """Remove the run folder we just made if anything before the submission fails."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def planned_run_dir(workflow: str, runs_root: str | None, run_dir: str | None) -> str:
+    """Where a run folder would be made (for --dry-run, which makes none)."""
+    if run_dir:
+        return str(Path(run_dir).resolve())
+    root = Path(runs_root or os.environ.get("HPCFLOW_RUNS", "hpcflow-runs")).resolve()
+    return str(root / f"{workflow}-{time.strftime('%Y%m%d-%H%M%S')}-1")
+

@@ -1,0 +1,40 @@
+#!/bin/bash
+#SBATCH --job-name=oscillator-sweep
+#SBATCH --partition=short
+#SBATCH --account=proj042
+#SBATCH --qos=normal
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=13
+#SBATCH --cpus-per-task=1
+#SBATCH --mem-per-cpu=2000M
+#SBATCH --time=00:10:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.out
+#SBATCH --error=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.err
+
+# hpcflow: this one job runs workflow oscillator-sweep from start to end; the engine inside
+# it places the tasks on the job's ranks (docs/architecture.md, "Slurm"). The values
+# above were checked against allow-lists; every word below is quoted.
+set -eu
+module purge
+module load python/3.11 openmpi/4.1.5
+source /home/alice/venvs/hpcflow/bin/activate
+export OMP_NUM_THREADS=1
+set +e
+
+# USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
+step=
+usr1=
+trap 'usr1=1; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
+srun --mpi=pmix --cpu-bind=none python -m hpcflow run --engine mpi --run-dir /scratch/alice/runs/oscillator-sweep-20260101-000000-1 /home/alice/flows/sweep.yaml &
+step=$!
+wait "${step}"
+status=$?
+while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real end
+  usr1=
+  wait "${step}"
+  code=$?
+  [ "${code}" -eq 127 ] && break  # its end was already collected above
+  status=${code}
+done
+exit "${status}"

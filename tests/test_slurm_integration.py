@@ -1,0 +1,398 @@
+"""Real submissions to the local Slurm cluster (``slurm/start.sh``), and following jobs.
+
+The ``slurm``-marked tests submit with ``hpcflow submit`` and check what the workflow
+wrote into its run folder and what Slurm recorded (``scontrol show job``, ``sacct``).
+They skip, naming how to start the cluster, when ``slurm/status.sh`` says it is down,
+and fail instead when ``HPCFLOW_REQUIRE_SLURM=1`` (CI). Polls are at least 2 s apart and
+bounded by a timeout; every subprocess has a timeout. The first tests need no cluster:
+they drive :func:`job_state`'s fallbacks with recorded Slurm answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hpcflow.scheduler.slurm import follow
+from hpcflow.scheduler.slurm._cmd import run_slurm
+from hpcflow.scheduler.slurm.errors import SlurmError
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ROOT / "examples" / "sweep" / "workflow.yaml"
+POLL = 2.0
+JOB_TIMEOUT = 240.0
+
+
+# --- job_state with recorded answers (no cluster needed) -------------------------------
+
+class Recorded:
+    """Stands in for run_slurm: answers by command name, and counts the calls."""
+
+    def __init__(self, **answers: tuple[int, str, str]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def __call__(self, argv):
+        self.calls.append(argv[0])
+        if argv[0] not in self.answers:
+            raise SlurmError(f"'{argv[0]}' not found")
+        rc, out, err = self.answers[argv[0]]
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def _info(tmp_path: Path) -> dict:
+    (tmp_path / "batch").mkdir(exist_ok=True)
+    return {"slurm_job_id": "42", "run_dir": str(tmp_path)}
+
+
+def test_job_state_reads_sacct_and_is_polite(tmp_path):
+    run = Recorded(sacct=(0, "42|RUNNING|0:0|00:00:07|2|cpu=4,mem=18000M,node=2|n[1-2]|None\n", ""))
+    info = _info(tmp_path)
+    first = follow.job_state(info, run=run, now=1000.0)
+    assert first["state"] == "RUNNING" and first["source"] == "sacct" and first["nodes"] == 2
+    again = follow.job_state(info, run=run, now=1009.0)  # within 10 s: the cached answer
+    assert again["cached"] and again["state"] == "RUNNING" and run.calls == ["sacct"]
+    follow.job_state(info, run=run, now=1010.5)
+    assert run.calls == ["sacct", "sacct"]
+
+
+def test_job_state_falls_back_to_squeue_and_remembers_accounting_is_off(tmp_path):
+    run = Recorded(sacct=(1, "", "sacct: error: Slurm accounting storage is disabled"),
+                   squeue=(0, "42|PENDING|Resources|0:00|1|\n", ""))
+    info = _info(tmp_path)
+    state = follow.job_state(info, run=run, now=0.0)
+    assert (state["state"], state["reason"], state["source"]) == ("PENDING", "Resources", "squeue")
+    follow.job_state(info, run=run, now=20.0)
+    assert run.calls == ["sacct", "squeue", "squeue"]  # sacct is not asked again
+
+
+def test_job_state_falls_back_to_scontrol_then_unknown(tmp_path):
+    done = ("JobId=42 JobName=w JobState=COMPLETED Reason=None ExitCode=0:0 RunTime=00:00:03 "
+            "NumNodes=1 NumCPUs=2 NodeList=n1 TRES=cpu=2,mem=1G,node=1\n")
+    run = Recorded(sacct=(1, "", "accounting storage is disabled"), squeue=(1, "", "Invalid job id"),
+                   scontrol=(0, done, ""))
+    state = follow.job_state(_info(tmp_path), run=run, now=0.0)
+    assert (state["state"], state["source"], state["final"]) == ("COMPLETED", "scontrol", True)
+    assert state["tres"] == "cpu=2,mem=1G,node=1"
+    follow.job_state(_info(tmp_path), run=run, now=1e6)
+    assert run.calls.count("scontrol") == 1  # a final state is never asked about again
+    gone = Recorded(sacct=(1, "", "disabled"), squeue=(1, "", ""), scontrol=(1, "", "Invalid job id"))
+    state = follow.job_state({"slurm_job_id": "43"}, run=gone)
+    assert state["state"] == "UNKNOWN" and "no longer knows job 43" in state["error"]
+
+
+def test_job_state_never_fails_when_slurm_is_missing():
+    state = follow.job_state({"slurm_job_id": "7"}, run=Recorded())
+    assert state["state"] == "UNKNOWN" and "not found" in state["error"]
+    assert follow.job_state({}) == {}
+
+
+def test_describe_says_it_in_one_line():
+    state = {"job_id": "12", "state": "PENDING", "reason": "Resources", "source": "squeue"}
+    assert follow.describe(state) == "Slurm job 12: PENDING (Resources) [squeue]"
+    done = {"job_id": "12", "state": "COMPLETED", "final": True, "nodes": 2,
+            "node_list": "n[1-2]", "elapsed": "00:00:05", "exit_code": "0:0", "source": "sacct"}
+    assert follow.describe(done) == ("Slurm job 12: COMPLETED on 2 node(s) n[1-2] after "
+                                     "00:00:05 exit 0:0 [sacct]")
+    assert follow.describe({}) == ""
+
+
+def test_a_folder_submit_prepared_is_accepted_once_and_keeps_the_job_id(tmp_path):
+    from hpcflow.errors import RunDirError
+    from hpcflow.store.rundir import RunDir
+
+    folder = tmp_path / "run"
+    (folder / "batch").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "submitted", "slurm_job_id": "5",
+                                                 "run_dir": str(folder)}))
+    run = RunDir.create("wf", path=folder)
+    run.write_info({"workflow": "wf", "status": "running"})
+    info = run.read_info()
+    assert info["status"] == "running" and info["slurm_job_id"] == "5"
+    with pytest.raises(RunDirError, match="not empty"):
+        RunDir.create("wf", path=folder)  # no longer "submitted": a second run is refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("")
+    with pytest.raises(RunDirError, match="not empty"):
+        RunDir.create("wf", path=tmp_path / "other")
+
+
+# --- the real cluster -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, str]:
+    try:
+        done = subprocess.run([str(ROOT / "slurm" / "status.sh"), "--env"], capture_output=True,
+                              text=True, timeout=30)
+        said, ok = done.stdout.strip() or done.stderr.strip(), done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        said, ok = f"slurm/status.sh could not run: {exc}", False
+    if not ok:
+        reason = (f"local Slurm cluster not up ({said.splitlines()[0] if said else 'no answer'}); "
+                  "start it with: sudo slurm/install.sh && sudo slurm/start.sh")
+        if os.environ.get("HPCFLOW_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{reason} (HPCFLOW_REQUIRE_SLURM=1: failing instead of skipping)")
+        pytest.skip(reason)
+    return dict(line.split("=", 1) for line in done.stdout.splitlines()[1:] if "=" in line)
+
+
+def hpcflow(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HPCFLOW_RUNS=str(cwd / "runs"))
+    return subprocess.run([sys.executable, "-m", "hpcflow", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit(target: Path | str, *options: str, cwd: Path) -> dict:
+    done = hpcflow("submit", "--json", str(target), *options, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["job_id"].isdigit() and "Job" in (result["checked"] or "")
+    return result
+
+
+def wait_final(run_dir: str, timeout: float = JOB_TIMEOUT) -> dict:
+    """Poll the job (every 2 s) until Slurm reports a final state."""
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    deadline = time.monotonic() + timeout
+    while True:
+        state = follow.job_state(info, min_interval=POLL)
+        if state.get("final"):
+            return state
+        assert time.monotonic() < deadline, f"job {info['slurm_job_id']} still {state} after {timeout} s"
+        time.sleep(POLL)
+
+
+def scontrol_job(job: str) -> dict[str, str]:
+    done = run_slurm(["scontrol", "show", "job", "-o", job])
+    return dict(w.split("=", 1) for w in done.stdout.split() if "=" in w)
+
+
+def sacct_job(job: str, timeout: float = 30.0) -> dict[str, str]:
+    """The allocation's sacct record, polled until it is final (sacct lags a few s)."""
+    fields = ["JobID", "State", "AllocTRES", "NNodes", "ExitCode"]
+    deadline = time.monotonic() + timeout
+    while True:
+        done = run_slurm(["sacct", "-j", job, "-X", "-n", "-P", f"--format={','.join(fields)}"])
+        rows = [dict(zip(fields, line.split("|"), strict=False)) for line in done.stdout.splitlines()]
+        row = next((r for r in rows if r.get("JobID") == job), None)
+        if row and row["State"].split()[0] in follow.FINAL_STATES and row["AllocTRES"]:
+            return row
+        assert time.monotonic() < deadline, f"sacct has no final record of job {job}: {rows}"
+        time.sleep(POLL)
+
+
+def tres(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def run_info(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submit_the_sweep_on_two_nodes(cluster, tmp_path):
+    mem_mb = int(cluster["HPCFLOW_SLURM_MEM_PER_NODE_MB"])
+    cpus = int(cluster["HPCFLOW_SLURM_CPUS_PER_NODE"])
+    result = submit(SWEEP, "--nodes", "2", cwd=tmp_path)
+    job, run_dir = result["job_id"], result["run_dir"]
+    assert Path(run_dir).stat().st_mode & 0o077 == 0  # private
+    assert wait_final(run_dir)["state"] == "COMPLETED"
+    info = run_info(run_dir)
+    assert info["status"] == "succeeded" and info["slurm_job_id"] == job and info["engine"] == "mpi"
+    assert info["workers"] == 2 * cpus - 1
+    fastest = Path(run_dir) / "tasks" / "rank" / "fastest.csv"
+    assert len(fastest.read_text().splitlines()) == 3
+    out = (Path(run_dir) / "batch" / f"slurm-{job}.out").read_text()
+    assert "succeeded: 17 task(s) done" in out
+    shown = scontrol_job(job)
+    assert shown["NumNodes"] == "2" and shown["NumCPUs"] == str(2 * cpus)
+    assert tres(shown["TRES"])["mem"] == f"{2 * mem_mb}M" and tres(shown["TRES"])["node"] == "2"
+    record = sacct_job(job)
+    assert record["State"] == "COMPLETED" and record["NNodes"] == "2"
+    assert tres(record["AllocTRES"])["cpu"] == str(2 * cpus)
+    deadline = time.monotonic() + 60  # as without accounting: squeue, then scontrol
+    while (fallback := follow._query(job, run_slurm, accounting=False)[0])[
+            "state"] not in follow.FINAL_STATES:
+        assert time.monotonic() < deadline, fallback
+        time.sleep(POLL)
+    assert fallback["state"] == "COMPLETED" and fallback["source"] in ("squeue", "scontrol")
+    assert fallback["nodes"] == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submit_with_a_memory_request_on_one_node(cluster, tmp_path):
+    result = submit(SWEEP, "--nodes", "1", "--mem", "3G", cwd=tmp_path)
+    assert wait_final(result["run_dir"])["state"] == "COMPLETED"
+    assert run_info(result["run_dir"])["status"] == "succeeded"
+    shown = scontrol_job(result["job_id"])
+    assert shown["NumNodes"] == "1" and tres(shown["TRES"])["mem"] == "3G"
+    record = sacct_job(result["job_id"])
+    assert tres(record["AllocTRES"])["mem"] == "3G" and record["NNodes"] == "1"
+
+
+GPU_WORKFLOW = """\
+name: gpu-probe
+defaults:
+  resources: {cores: 1, gpus: 1, memory: 100M, time: 10s}
+tasks:
+  - id: probe
+    shell: "echo {i} > /dev/null; printf '%s' \\"$CUDA_VISIBLE_DEVICES\\" > {out}"
+    sweep: {product: {i: [0, 1]}}
+    outputs: {out: gpu.txt}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submit_gpu_tasks(cluster, tmp_path):
+    if int(cluster["HPCFLOW_SLURM_GPUS_PER_NODE"]) < 1:
+        pytest.skip("the local cluster has no GPUs: sudo slurm/start.sh --gpus 2")
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(GPU_WORKFLOW)
+    result = submit(spec, cwd=tmp_path)
+    assert wait_final(result["run_dir"])["state"] == "COMPLETED"
+    assert run_info(result["run_dir"])["status"] == "succeeded"
+    seen = [(Path(result["run_dir"]) / "tasks" / f"probe[{i}]" / "gpu.txt").read_text()
+            for i in range(2)]
+    assert all(s.isdigit() for s in seen), seen  # each task saw one GPU id
+    gpus = result["sizing"]["candidates"][result["sizing"]["chosen"]]["gpus_per_node"]
+    assert gpus >= 1
+    assert "gres/gpu" in scontrol_job(result["job_id"])["TRES"]
+    assert tres(sacct_job(result["job_id"])["AllocTRES"])["gres/gpu"] == str(
+        gpus * result["sizing"]["candidates"][result["sizing"]["chosen"]]["nodes"])
+
+
+def _stale_profile(tmp_path: Path) -> Path:
+    """A profile that promises more than the cluster has: Slurm must be the one to refuse."""
+    path = tmp_path / "stale.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: stale
+        partitions:
+          - {name: debug, nodes: 2, cores_per_node: 2, memory_per_node: 200G, max_time: "04:00:00"}
+        """))
+    return path
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("option,value,slurm_says", [
+    ("--mem", "100G", "Requested node configuration is not available"),
+    ("--time", "2h", "time limit"),
+])
+def test_test_only_refuses_an_oversize_request_and_nothing_is_submitted(
+        cluster, tmp_path, option, value, slurm_says):
+    name = f"reject-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "w.yaml"
+    spec.write_text(f"name: {name}\ntasks:\n  - id: a\n    shell: 'true'\n    resources: {{time: 5s}}\n")
+    done = hpcflow("submit", str(spec), "--profile", str(_stale_profile(tmp_path)), option, value,
+                   cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "sbatch --test-only" in done.stderr and slurm_says in done.stderr
+    assert "submitted batch job" not in done.stdout
+    assert not list((tmp_path / "runs").glob("*")), "the refused run's folder was left behind"
+    jobs = run_slurm(["sacct", "-n", "-X", "-P", "--name", name, "--format=JobID"])
+    assert jobs.stdout.strip() == ""
+    ours = hpcflow("submit", str(spec), option, value, cwd=tmp_path)  # the discovered profile
+    assert ours.returncode == 2, ours.stderr
+    assert "more than partition 'debug'" in ours.stderr or "of partition 'debug'" in ours.stderr
+
+
+SLEEPY = """\
+name: sleepy
+tasks:
+  - id: nap
+    shell: "sleep 120"
+    resources: {time: 2m}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_cancel_a_running_job_and_follow_it(cluster, tmp_path):
+    spec = tmp_path / "sleepy.yaml"
+    spec.write_text(SLEEPY)
+    result = submit(spec, cwd=tmp_path)
+    info = run_info(result["run_dir"])
+    deadline = time.monotonic() + 60
+    while (state := follow.job_state(info, min_interval=POLL))["state"] != "RUNNING":
+        assert time.monotonic() < deadline and not state.get("final"), state
+        time.sleep(POLL)
+    done = hpcflow("cancel", result["run_dir"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert wait_final(result["run_dir"], timeout=90)["state"] == "CANCELLED"
+    assert sacct_job(result["job_id"])["State"].startswith("CANCELLED")
+
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_usr1_reaches_every_rank_through_srun(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fake = tmp_path / "fakepython"  # stands in for the engine, which handles USR1 later
+    fake.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        trap 'echo usr1 > "{marks}/rank-$SLURM_PROCID"; exit 0' USR1
+        touch "{marks}/started-$SLURM_PROCID"
+        sleep 100 & wait $!
+        """))
+    fake.chmod(0o755)
+    result = submit(SWEEP, "--nodes", "2", "--python", str(fake), cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while len(list(marks.glob("started-*"))) < 4:
+        assert time.monotonic() < deadline, "the ranks did not start"
+        time.sleep(POLL)
+    sent = run_slurm(["scancel", "--signal=USR1", "--batch", result["job_id"]])
+    assert sent.returncode == 0, sent.stderr
+    assert wait_final(result["run_dir"], timeout=60)["state"] == "COMPLETED"
+    assert sorted(p.name for p in marks.glob("rank-*")) == [f"rank-{r}" for r in range(4)]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["mpiexec", "local-engine"])
+def test_other_launchers(cluster, tmp_path, how):
+    if how == "mpiexec":
+        mpiexec = shutil.which("mpiexec")
+        if not mpiexec:
+            pytest.skip("no mpiexec on PATH: pip install mpich")
+        profile = tmp_path / "p.yaml"
+        discovered = hpcflow("cluster", "discover", "-o", str(profile), cwd=tmp_path)
+        assert discovered.returncode == 0, discovered.stderr
+        profile.write_text(profile.read_text().replace("launcher: srun", "launcher: mpiexec")
+                           .replace("mpiexec: mpiexec", f"mpiexec: {mpiexec}"))
+        options = ["--profile", str(profile), "--nodes", "2"]
+    else:
+        options = ["--engine", "local"]
+    result = submit(SWEEP, *options, cwd=tmp_path)
+    assert wait_final(result["run_dir"])["state"] == "COMPLETED"
+    info = run_info(result["run_dir"])
+    assert info["status"] == "succeeded", (Path(result["run_dir"]) / "batch").glob("*")
+    assert info["engine"] == ("mpi" if how == "mpiexec" else "local")
+
+
+@pytest.mark.slurm
+def test_discover_and_plan_on_the_real_cluster(cluster, tmp_path):
+    done = hpcflow("cluster", "discover", cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import yaml
+
+    profile = yaml.safe_load(done.stdout)
+    part = next(p for p in profile["partitions"] if p["name"] == cluster["HPCFLOW_SLURM_PARTITION"])
+    assert part["nodes"] == int(cluster["HPCFLOW_SLURM_NODES"])
+    assert part["cores_per_node"] == int(cluster["HPCFLOW_SLURM_CPUS_PER_NODE"])
+    assert part["memory_per_node"] == f"{cluster['HPCFLOW_SLURM_MEM_PER_NODE_MB']}M"
+    assert part["gpus_per_node"] == int(cluster["HPCFLOW_SLURM_GPUS_PER_NODE"])
+    plan = hpcflow("plan", "--slurm", str(SWEEP), cwd=tmp_path, timeout=60)
+    assert plan.returncode == 0 and "chosen:" in plan.stdout and "why: fewest node-hours" in plan.stdout

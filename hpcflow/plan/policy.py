@@ -45,6 +45,7 @@ class Placement:
 
 
 def span(share: Slot, cores: int, gpus: int, memory: int) -> int:
+    # Fast-path check for one-slot tasks; multi-slot placement uses Placer._pick.
     """Slots of ``share``'s size that one rank needing (cores, gpus, memory) holds.
 
     Returns 0 when it can never fit (GPUs asked where the share has none)."""
@@ -86,14 +87,13 @@ class Placer:
         return not self._open
 
     def max_span(self, cores: int, gpus: int, memory: int, ranks: int) -> int:
-        """Largest node's capacity check: 0 if the task fits on no node at all, else its
-        total slot count (span x ranks)."""
+        """0 if the task fits on no node even with every slot idle, else the number of
+        slots it holds where it fits best."""
         best = 0
         for members in self._nodes.values():
-            share = self.slots[members[0]]
-            per_rank = span(share, cores, gpus, memory)
-            if per_rank and per_rank * ranks <= len(members):
-                best = per_rank * ranks
+            chosen = self._pick(members, cores, gpus, memory, ranks)
+            if chosen is not None and (not best or len(chosen[0]) < best):
+                best = len(chosen[0])
         return best
 
     def set_depth(self, depth: int) -> None:
@@ -120,23 +120,41 @@ class Placer:
 
     def _place_many(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
         for members in self._nodes.values():
-            share = self.slots[members[0]]
-            per_rank = span(share, cores, gpus, memory)
-            if not per_rank:
-                continue
             idle = [i for i in members if self.load[i] == 0]
-            if len(idle) < per_rank * ranks:
+            chosen = self._pick(idle, cores, gpus, memory, ranks)
+            if chosen is None:
                 continue
-            chosen = idle[: per_rank * ranks]
-            for i in chosen:
+            slots, groups = chosen
+            for i in slots:
                 self.load[i] += _HELD  # held slots take no queued work
-            groups = [chosen[r * per_rank : (r + 1) * per_rank] for r in range(ranks)]
             gpu_ids = tuple(
                 tuple(g for i in group for g in self.slots[i].gpus)[:gpus] if gpus else ()
                 for group in groups
             )
-            return Placement(tuple(g[0] for g in groups), tuple(chosen), gpu_ids, exclusive=True)
+            return Placement(tuple(g[0] for g in groups), tuple(slots), gpu_ids, exclusive=True)
         return None
+
+    def _pick(self, candidates: Sequence[int], cores: int, gpus: int, memory: int,
+              ranks: int) -> tuple[list[int], list[list[int]]] | None:
+        """Slots out of ``candidates`` (one node) covering each rank's cores, GPUs and
+        memory, GPU slots first for a GPU task and last otherwise; None if they can't."""
+        pool = sorted(candidates, key=lambda i: (not self.slots[i].gpus) if gpus
+                      else bool(self.slots[i].gpus))
+        groups: list[list[int]] = []
+        for _ in range(ranks):
+            group: list[int] = []
+            have_cores = have_gpus = have_memory = 0
+            while pool and (have_cores < cores or have_gpus < gpus
+                            or (memory and have_memory < memory)):
+                slot = self.slots[pool.pop(0)]
+                group.append(slot.index)
+                have_cores += slot.cores
+                have_gpus += len(slot.gpus)
+                have_memory += slot.memory or memory
+            if have_cores < cores or have_gpus < gpus or (memory and have_memory < memory):
+                return None
+            groups.append(group)
+        return [i for g in groups for i in g], groups
 
     def release(self, placement: Placement) -> None:
         """The task on ``placement`` finished (or failed): its slots take work again."""

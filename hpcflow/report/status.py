@@ -190,11 +190,11 @@ def batch_job_state(info: Mapping[str, Any]) -> str | None:
     if "slurm_job_id" not in info:
         return None
     try:
-        from hpcflow.scheduler import slurm  # type: ignore[attr-defined]
+        from hpcflow.scheduler import slurm
     except ImportError:
         return None
-    probe = getattr(slurm, "job_state", None)
-    return probe(info) if probe is not None else None
+    state = slurm.job_state(info)
+    return slurm.describe_job(state) if state else None
 
 
 @dataclass(frozen=True)

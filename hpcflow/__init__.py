@@ -50,13 +50,14 @@ __version__ = "0.1.0"
 
 def run(wf: Workflow, *, engine: str = "local", workers: int | None = None,
         gpus: tuple[str, ...] = (), run_dir: str | None = None, runs_root: str | None = None,
-        keep_going: bool = True, check: bool = True, **engine_options: Any) -> RunResult:
+        keep_going: bool = True, fsync: bool = False, check: bool = True,
+        **engine_options: Any) -> RunResult:
     """Run ``wf`` and return its :class:`RunResult`; with ``check`` a failed run raises
     :class:`RunFailed` (its ``failures`` name each task and its log)."""
     from hpcflow.engine.runner import EngineConfig, run_workflow
 
     config = EngineConfig(engine=engine, workers=workers, gpus=gpus, run_dir=run_dir,
-                          runs_root=runs_root, options=RunOptions(keep_going=keep_going),
+                          runs_root=runs_root, options=RunOptions(keep_going=keep_going, fsync=fsync),
                           **engine_options)
     result = run_workflow(wf, config)
     if check and result.status != "succeeded":

@@ -190,3 +190,38 @@ def test_python_task_with_ranks_needs_mpi_engine():
     par = hf.task(square, ranks=2)(3)
     with pytest.raises(hf.EngineError, match="MPI engine"):
         hf.run(hf.workflow("w", outputs=[par]), workers=2)
+
+
+def test_refused_run_leaves_no_run_folder(tmp_path):
+    huge = hf.task(square, cores=64, name="huge")(2)
+    with pytest.raises(ResourceError):
+        hf.run(hf.workflow("w", outputs=[huge]), workers=2, runs_root=str(tmp_path / "r"))
+    assert list((tmp_path / "r").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_local_run_and_its_shell_programs(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    spec = tmp_path / "wf.yaml"
+    spec.write_text("name: w\ntasks:\n  - id: sleeper\n    shell: 'echo $$ > {pid}; sleep 60'\n"
+                    f"    args: {{pid: '{tmp_path / 'pid'}'}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hpcflow", "run", "--runs-root",
+                             str(tmp_path / "runs"), str(spec)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shell_pid = int((tmp_path / "pid").read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 130
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "run.json").read_text())["status"] == "stopped"
+    events = [e[0] for e in read_journal(run / "journal.bin")]
+    assert events[-1] == Event.END
+    time.sleep(0.5)
+    alive = Path(f"/proc/{shell_pid}").exists() and \
+        Path(f"/proc/{shell_pid}/stat").read_text().split()[2] != "Z"
+    assert not alive, "the shell task's program outlived the stopped run"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,8 +23,12 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENGINE, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpcflow", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hpcflow", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Define, check, plan and run workflows of tasks on a workstation, "
+                    "under MPI, or in one Slurm job.",
+        epilog="exit codes: 0 success, 1 tasks failed, 2 bad input (nothing ran), "
+               "3 engine error, 130 interrupted")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     target_help = "a YAML spec, or FILE.py[:NAME] defining a Workflow"
@@ -132,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hpcflow {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hpcflow ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def print_json(data: object) -> None:

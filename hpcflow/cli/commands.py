@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from hpcflow.cli import EXIT_FAILED, EXIT_OK, print_json
 from hpcflow.cli.load import load_plan
+from hpcflow.errors import EngineError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -49,7 +51,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     render = {"dot": graph.to_dot, "mermaid": graph.to_mermaid, "svg": graph.to_svg}[args.format]
     try:
         text = render(plan, instances=args.instances)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, subprocess.SubprocessError) as exc:
         print(f"hpcflow graph: {exc}", file=sys.stderr)
         return 2
     if args.output:
@@ -63,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpcflow.engine.core import RunOptions
     from hpcflow.engine.runner import EngineConfig, run_workflow
 
+    if args.workers is not None and args.workers < 1:
+        raise EngineError(f"--workers must be at least 1, got {args.workers}")
     if args.engine == "mpi" and _mpi_size() == 1 and args.workers:
         from hpcflow.engine.mpi.launch import relaunch
 

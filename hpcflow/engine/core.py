@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from hpcflow.engine.execute import Call, Outcome
 from hpcflow.errors import ResourceError, TaskFailed
 from hpcflow.plan.plan import Plan, bind_args
@@ -63,7 +65,7 @@ class Backend(Protocol):
 class RunOptions:
     keep_going: bool = True
     """After a failure, finish what does not depend on it (False: stop at the first)."""
-    max_depth: int = 64
+    max_depth: int = 1024
     retry_delay: float = 1.0
     """Seconds before the first retry; doubled for each later attempt."""
     fsync: bool = False
@@ -101,10 +103,12 @@ class Core:
         self.skipped: set[int] = set()
         self.done = 0
         self.stopping = False
-        self._durations = (0.0, 0)
+        self._durations = [0.0, 0, 0]
         self.journal = Journal(run.journal, fsync=self.options.fsync)
         self._groups = plan.groups
         self._timeouts = [g.task.timeout for g in plan.groups]
+        self._group_of = plan.group_of.tolist()
+        self._needs, self._need_key = _need_table(plan, self._group_of)
 
     # -- set-up ---------------------------------------------------------------------
     def seed(self, completed: dict[int, Any] | None = None) -> None:
@@ -172,12 +176,11 @@ class Core:
             heapq.heappush(self.ready, (-self.priority[i], i))
         batch: list[tuple[Call, Placement]] = []
         blocked: list[tuple[float, int]] = []
-        plan, placer = self.plan, self.placer
-        while self.ready:
-            item = heapq.heappop(self.ready)
+        placer, ready, needs, key = self.placer, self.ready, self._needs, self._need_key
+        while ready:
+            item = heapq.heappop(ready)
             i = item[1]
-            placement = placer.place(int(plan.cores[i]), int(plan.gpus[i]), int(plan.memory[i]),
-                                     int(plan.ranks[i]))
+            placement = placer.place(*needs[key[i]])
             if placement is None:
                 blocked.append(item)
                 if placer.full or len(blocked) >= 64:
@@ -187,17 +190,20 @@ class Core:
         for item in blocked:
             heapq.heappush(self.ready, item)
         if batch:
+            self.journal.flush()  # a DISPATCH is on disk before its call leaves
             self.backend.submit(batch)
 
     def _call(self, i: int, placement: Placement) -> Call:
-        attempt = self.attempts.get(i, 0)
-        group_index = int(self.plan.group_of[i])
+        attempt = self.attempts.get(i, 0) if self.attempts else 0
+        group_index = self._group_of[i]
         group = self._groups[group_index]
-        args, kwargs = bind_args(group, i - group.start, self._groups, self.results)
+        member = i - group.start
+        args, kwargs = bind_args(group, member, self._groups, self.results)
         self.running[i] = (placement, attempt)
         self.journal.record(Event.DISPATCH, i, attempt, placement.leaders[0], time.time())
-        return Call(i, attempt, group_index, group.member_name(i - group.start), args, kwargs,
-                    placement.gpus[0], self._timeouts[group_index], placement.leaders)
+        gpus = placement.gpus[0] if self._needs[self._need_key[i]][1] else ()
+        return Call(i, attempt, group_index, group.member_name(member), args, kwargs,
+                    gpus, self._timeouts[group_index], placement.leaders)
 
     # -- completion -----------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
@@ -212,7 +218,7 @@ class Core:
             self._fail(i, outcome)
 
     def _succeed(self, i: int, outcome: Outcome) -> None:
-        stored = self.run_dir.store_result(i, outcome.value)
+        stored = outcome.stored or self.run_dir.store_result(i, outcome.value)
         self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
                             outcome.end, stored, {})
         self.results[i] = outcome.value
@@ -261,11 +267,17 @@ class Core:
                     stack.append(s)
 
     def _learn_duration(self, seconds: float) -> None:
-        total, count = self._durations
-        total, count = total + seconds, count + 1
-        self._durations = (total, count)
-        if count in (16, 256) or count % 4096 == 0:
-            mean = total / count
+        """Queue depth from the mean duration of the tasks finished since the last update
+        (at 16, 64 and 256 completions, then every 1024): first calls that import or warm
+        caches weigh only on the first estimates."""
+        durations = self._durations  # [seconds in this window, tasks in it, tasks in all]
+        durations[0] += seconds
+        durations[1] += 1
+        durations[2] += 1
+        count = durations[2]
+        if count in (16, 64, 256) or count % 1024 == 0:
+            mean = durations[0] / durations[1]
+            durations[0], durations[1] = 0.0, 0
             depth = int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth
             self.placer.set_depth(max(1, min(self.options.max_depth, depth)))
 
@@ -293,6 +305,20 @@ def check_fits(plan: Plan, slots: Sequence[Slot]) -> None:
                 group.name, f"needs {res.ranks} rank(s) x ({res.cores} core(s), {res.gpus} "
                 f"GPU(s), {res.memory // 2**20}M) on one node, which no node of this run "
                 f"offers ({have})")
+
+
+def _need_table(plan: Plan, group_of: list[int]
+                ) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+    """Each task's (cores, gpus, memory, ranks) as ``table[key[i]]``: one row per group
+    when all its members need the same (as flatten makes them), else one row per task."""
+    arrays = (plan.cores, plan.gpus, plan.memory, plan.ranks)
+    if plan.n == 0:
+        return [], []
+    starts = np.minimum([g.start for g in plan.groups], plan.n - 1)
+    per_group = [a[starts] for a in arrays]
+    if all(np.array_equal(a, g[plan.group_of]) for a, g in zip(arrays, per_group, strict=True)):
+        return list(zip(*(g.tolist() for g in per_group), strict=True)), group_of
+    return list(zip(*(a.tolist() for a in arrays), strict=True)), list(range(plan.n))
 
 
 def _output_ids(plan: Plan) -> list[int]:

@@ -44,7 +44,10 @@ class Call(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What became of a call: ``value`` on success, else ``error`` text and ``log`` path."""
+    """What became of a call: ``value`` on success, else ``error`` text and ``log`` path.
+
+    ``stored`` is set by a worker that already persisted the result itself (its journal
+    form, ``("inline", value)`` or ``("file", path)``); None lets the coordinator do it."""
 
     id: int
     attempt: int
@@ -55,6 +58,7 @@ class Outcome(NamedTuple):
     worker: int
     error: str | None = None
     log: str | None = None
+    stored: tuple[str, Any] | None = None
 
 
 class TaskError(Exception):
@@ -132,7 +136,9 @@ class Executor:
         self.run_dir = Path(run_dir)
         self.worker = worker
         self.launcher = launcher or default_launcher
+        self.spec_dir = python_path[0] if python_path else os.getcwd()
         self._targets: dict[int, Any] = {}
+        self._gpus: tuple[str, ...] | None = None
         for folder in reversed(python_path):
             if folder not in sys.path:
                 sys.path.insert(0, folder)
@@ -167,8 +173,9 @@ class Executor:
         if isinstance(action, MethodCall):
             instance = target(*action.init_args, **action.init_kwargs)
             return getattr(instance, action.method)(*call.args, **call.kwargs)
-        if call.gpus:
+        if call.gpus != self._gpus:  # a task sees only the GPUs it was given, none if none
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
+            self._gpus = call.gpus
         return target(*call.args, **call.kwargs)
 
     def _shell(self, action: ShellCommand, call: Call, ranks: int) -> Any:
@@ -178,7 +185,9 @@ class Executor:
         if ranks > 1:
             argv = self.launcher(ranks) + argv
         env = dict(os.environ, HPCFLOW_TASK=call.name, HPCFLOW_TASK_DIR=str(folder),
-                   CUDA_VISIBLE_DEVICES=",".join(call.gpus))
+                   HPCFLOW_PYTHON=sys.executable, HPCFLOW_SPEC_DIR=self.spec_dir,
+                   CUDA_VISIBLE_DEVICES=",".join(call.gpus),
+                   PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
         out_path, err_path = folder / "stdout.log", folder / "stderr.log"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             code = _run_tree(argv, folder, env, out, err, call.timeout)
@@ -220,23 +229,26 @@ def _run_tree(argv: list[str], cwd: Path, env: dict[str, str], out: Any, err: An
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_tree(proc.pid)
+        kill_tree(proc.pid)
         proc.wait()
         raise TaskError(f"timed out after {timeout:g} s; its processes were ended") from None
     except BaseException:
-        _kill_tree(proc.pid)
+        kill_tree(proc.pid)
         proc.wait()
         raise
 
 
-def _kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group if it leads one, and every descendant (shell
+    programs that started sessions of their own included)."""
     import psutil
 
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        root = psutil.Process(pid)
+        children = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         children = []
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):

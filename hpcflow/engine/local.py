@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 
 import psutil
 
-from hpcflow.engine.execute import Call, Executor, Outcome
+from hpcflow.engine.execute import Call, Executor, Outcome, kill_tree
 from hpcflow.errors import EngineError
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Slot
@@ -91,14 +91,16 @@ class LocalBackend:
         return outcomes
 
     def shutdown(self) -> None:
+        """Idle workers exit at once; busy ones (an interrupt) are ended with their whole
+        process tree, shell programs in their own sessions included."""
         for conn in self._conns:
             with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send(None)
         for proc in self._procs:
-            proc.join(timeout=5)
+            proc.join(timeout=1)
             if proc.is_alive():
-                proc.kill()
-                proc.join()
+                kill_tree(proc.pid)
+                proc.join(timeout=5)
         for conn in self._conns:
             conn.close()
 

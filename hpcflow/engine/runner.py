@@ -8,10 +8,13 @@ module never imports an optional engine's package.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +53,26 @@ def _local_factory(plan: Plan, run: RunDir, config: EngineConfig) -> tuple[Backe
     return LocalBackend(plan, str(run.path), slots), slots
 
 
-BACKENDS: dict[str, BackendFactory] = {"local": _local_factory}
+def _mpi_factory(plan: Plan, run: RunDir, config: EngineConfig) -> tuple[Backend, list[Slot]]:
+    from hpcflow.engine.mpi.backend import start_backend
+
+    return start_backend(plan, run, config)
+
+
+BACKENDS: dict[str, BackendFactory] = {"local": _local_factory, "mpi": _mpi_factory}
 
 
 def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) -> RunResult:
     """Run ``workflow`` to the end and return its outcome (outputs, failures, run folder)."""
     config = config or EngineConfig()
+    if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
+        from hpcflow.engine.mpi import session
+
+        return session.run(workflow, config, _coordinate)
+    return _coordinate(workflow, config)
+
+
+def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     plan = workflow if isinstance(workflow, Plan) else flatten(workflow)
     if config.engine not in BACKENDS:
         raise EngineError(f"unknown engine '{config.engine}' (known: {', '.join(sorted(BACKENDS))})")
@@ -68,18 +85,45 @@ def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) 
                             "tasks": plan.n, "status": "running"}
     run.write_info(info)
     run.save_plan(plan)
-    backend = None
     try:
         backend, slots = BACKENDS[config.engine](plan, run, config)
-        info["workers"] = len(slots)
-        core = Core(plan, analysis.priority.tolist(), backend, run, config.options)
-        core.seed()
-        result = core.run()
+    except BaseException:  # refused before anything ran (resources, engine): leave no trace
+        run.unlock()
+        run.discard()
+        raise
+    info["workers"] = len(slots)
+    status = "error"
+    try:
+        with _sigterm_stops():
+            core = Core(plan, analysis.priority.tolist(), backend, run, config.options)
+            core.seed()
+            result = core.run()
+            status = result.status
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
     finally:
-        if backend is not None:
-            backend.shutdown()
-        info["status"] = result.status if backend is not None and "result" in locals() else "error"
-        info["finished"] = time.time()
+        backend.shutdown()
+        info.update(status=status, finished=time.time())
         run.write_info(info)
         run.unlock()
     return result
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM ends the run like Ctrl-C (journal ``end stopped``, workers stopped), unless
+    someone (the MPI session) already handles it, or this is not the main thread."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+
+    def discard(self) -> None:
+        """Remove a run folder in which nothing ran (one ``hpcflow submit`` prepared stays)."""
+        if not self._prepared and not self.journal.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

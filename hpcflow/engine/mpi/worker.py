@@ -1,0 +1,185 @@
+"""A worker rank: take calls from rank 0, run them one at a time, send outcomes back.
+
+The loop keeps a local queue (``pending``) that the coordinator fills several calls deep
+when tasks are short. Between two tasks the worker takes every message that has arrived
+(``improbe``: no blocking); it sends its finished outcomes back in one message as soon
+as its queue is empty, as soon as it has finished as many as it still has queued (so
+the coordinator refills the queue before it runs dry), or once the oldest unsent one
+is a millisecond old. Idle, it polls with the shared back-off, never spinning.
+
+A task with ``ranks: k`` arrives on each of its k worker ranks (Python) or on its
+leader alone (shell: the leader starts k processes with the launcher). Python ranks
+build the task's communicator with ``COMM_WORLD.Create_group`` (collective over those k
+ranks only) and pass it as the keyword argument ``comm`` when the function has a
+parameter of that name; task-rank 0's return value is the task's result.
+
+Results larger than the journal's inline limit are written by this worker to
+``results/<id>.pkl`` before the outcome leaves, which then names the file
+(``results.py``); the value itself travels to rank 0 out of band (``channel.py``) for
+the tasks that read it. Smaller results travel inline.
+
+SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) interrupt a running task,
+which is reported as failed; the worker then waits for rank 0's ``STOP``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import time
+from collections import deque
+from typing import Any
+
+from mpi4py import MPI
+
+from hpcflow.engine.execute import Call, Executor, Outcome, resolve_target
+from hpcflow.engine.mpi.channel import Channel
+from hpcflow.engine.mpi.results import store_result
+from hpcflow.engine.mpi.wire import (
+    BYE,
+    CALLS,
+    OUTCOMES,
+    STOP,
+    Backoff,
+    Interrupted,
+    read_call,
+)
+from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
+from hpcflow.store.rundir import RunDir
+
+SEND_AFTER = 0.001
+"""Seconds after which finished outcomes go back even if more tasks are queued."""
+MAX_OUTCOMES = 256
+
+
+class Worker:
+    def __init__(self, wire: Channel, world: MPI.Intracomm, executor: Executor,
+                 actions: list[Action], run_dir: str, backoff: Backoff) -> None:
+        self.wire, self.world, self.executor = wire, world, executor
+        self.actions = actions
+        self.index = world.rank - 1
+        self.run_dir = RunDir(run_dir)
+        self.backoff = backoff
+        self.pending: deque[tuple[Any, ...]] = deque()  # call_item tuples
+        self.done: list[tuple[Any, ...]] = []  # outcomes as plain tuples
+        self.batch_start = 0.0
+        self.in_task = False
+        self._gpus: tuple[str, ...] | None = None
+        self._accepts_comm: dict[int, bool] = {}
+        self._requests: list[MPI.Request] = []  # outcome isends not yet complete
+
+    # -- the loop -------------------------------------------------------------------
+    def serve(self) -> None:
+        """Run calls until rank 0 says STOP; then answer BYE (nothing more follows)."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            backoff = self.backoff
+            while not self._receive():
+                if self.pending:
+                    backoff.reset()
+                    self._run_next()
+                    if self._should_send():
+                        self._send()
+                else:
+                    if self.done:
+                        self._send()
+                    backoff.sleep()
+            self._requests.extend(self.wire.isend(None, 0, BYE))
+            while not MPI.Request.Testall(self._requests):
+                backoff.sleep()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.in_task:
+            raise Interrupted(signum)
+
+    def _receive(self) -> bool:
+        """Queue every call that has arrived; True once STOP came (the queue is dropped)."""
+        while True:
+            got = self.wire.poll(0, MPI.ANY_TAG)
+            if got is None:
+                return False
+            payload, _, tag = got
+            if tag == STOP:
+                self.pending.clear()
+                return True
+            if tag == CALLS:
+                self.pending.extend(payload)
+
+    def _should_send(self) -> bool:
+        n = len(self.done)
+        return (n >= len(self.pending) or n >= MAX_OUTCOMES
+                or time.monotonic() - self.batch_start >= SEND_AFTER)
+
+    def _send(self) -> None:
+        """Send the finished outcomes without waiting for rank 0 to take them."""
+        if self._requests and MPI.Request.Testall(self._requests):
+            self._requests.clear()
+        self._requests.extend(self.wire.isend(self.done, 0, OUTCOMES))
+        self.done = []
+
+    # -- one task -------------------------------------------------------------------
+    def _run_next(self) -> None:
+        call, ranks, task_rank = read_call(self.pending.popleft())
+        if not self.done:
+            self.batch_start = time.monotonic()
+        outcome = self._run(call, ranks, task_rank)
+        if task_rank:
+            outcome = outcome._replace(value=None)  # task-rank 0's value is the result
+        elif outcome.ok:
+            try:
+                outcome = outcome._replace(stored=store_result(self.run_dir, call.id,
+                                                               outcome.value))
+            except Exception as exc:  # the journal keeps results with pickle: say so
+                error = f"its result ({type(outcome.value).__name__}) cannot be stored: {exc}"
+                outcome = outcome._replace(ok=False, value=None, error=error)
+        self.done.append(tuple(outcome))
+
+    def _run(self, call: Call, ranks: int, task_rank: int) -> Outcome:
+        comm = None
+        if ranks > 1 and not isinstance(self.actions[call.group], ShellCommand):
+            comm = self._task_comm(call)
+            if self._takes_comm(call.group):
+                call = call._replace(kwargs={**call.kwargs, "comm": comm})
+        if call.gpus != self._gpus:  # a task sees only the GPUs it was given
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
+            self._gpus = call.gpus
+        start = time.time()
+        self.in_task = True
+        try:
+            return self.executor.run(call, ranks)
+        except Interrupted as exc:
+            return Outcome(call.id, call.attempt, False, None, start, time.time(), self.index,
+                           error=str(exc))
+        finally:
+            self.in_task = False
+            if comm is not None:
+                comm.Free()
+
+    def _task_comm(self, call: Call) -> MPI.Intracomm:
+        """The communicator of exactly the task's ranks, in task-rank order."""
+        group = self.world.Get_group()
+        members = group.Incl([p + 1 for p in call.peers])
+        try:
+            return self.world.Create_group(members, call.id % 32768)
+        finally:
+            members.Free()
+            group.Free()
+
+    def _takes_comm(self, group: int) -> bool:
+        if group not in self._accepts_comm:
+            action = self.actions[group]
+            try:
+                if isinstance(action, MethodCall):
+                    target = getattr(resolve_target(action.cls), action.method)
+                else:
+                    assert isinstance(action, PythonCall)
+                    target = resolve_target(action.target)
+                takes = "comm" in inspect.signature(target).parameters
+            except (TypeError, ValueError, ImportError, AttributeError):
+                takes = False  # the executor reports an unresolvable target itself
+            self._accepts_comm[group] = takes
+        return self._accepts_comm[group]

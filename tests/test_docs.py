@@ -83,16 +83,7 @@ CONTEXTS = {
 }
 """(file, workflow name) -> what to put beside the block, for files without test-in marks."""
 
-PRELUDES = {
-    ("README.md", "def simulate(grid, damping, seed): ..."): textwrap.dedent("""\
-        import sys
-        sys.path.insert(0, "examples/sweep")
-        from model import make_grid
-
-        def pick_best(runs):
-            return len(runs)
-        """),
-}
+PRELUDES: dict[tuple[str, str], str] = {}
 """(file, a line of the block) -> code run before a snippet that leaves names out."""
 
 

@@ -57,6 +57,19 @@ class SpecError(HpcflowError):
         return f"{': '.join(where)}: {self.message}" if where else self.message
 
 
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> HpcflowError:
+    """Errors cross process and rank boundaries by pickle: rebuild them from their fields
+    (their constructors take other arguments than ``args``)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class CycleError(SpecError):
     """The tasks depend on each other in a circle; ``cycle`` lists it, first task repeated last."""
 
@@ -75,6 +88,9 @@ class ResourceError(HpcflowError):
         self.task = task
         super().__init__(f"task '{task}': {message}")
 
+    __reduce__ = SpecError.__reduce__
+
+
 
 class TaskFailed(HpcflowError):
     """One task failed; ``log`` is where its output is, ``error`` the error text."""
@@ -87,6 +103,9 @@ class TaskFailed(HpcflowError):
         self.log = log
         where = f" (log: {log})" if log else ""
         super().__init__(f"task '{task}' failed{where}: {error}")
+
+    __reduce__ = SpecError.__reduce__
+
 
 
 class RunFailed(HpcflowError):
@@ -103,6 +122,9 @@ class RunFailed(HpcflowError):
         if skipped:
             head += f", {skipped} not run because they depend on a failed task"
         super().__init__(f"{head}; first: {first}" if first else head)
+
+    __reduce__ = SpecError.__reduce__
+
 
 
 class EngineError(HpcflowError):

@@ -161,3 +161,17 @@ def test_resources_validation():
         hf.task(_add, cores=0)
     res = hf.task(_add, cores=2, gpus=1, memory="1G", time="01:00:00", ranks=2)
     assert res._options.resources == hf.Resources(2, 1, 2**30, 3600.0, 2)
+
+
+def test_errors_survive_pickling_with_their_fields():
+    import pickle
+
+    from hpcflow.errors import Location, ResourceError, RunFailed, TaskFailed
+
+    errors = [SpecError("m", task="t", field="f", location=Location("a.yaml", 3)),
+              CycleError(["a", "b", "a"]), ResourceError("t", "too big"),
+              TaskFailed("t", "boom", "/log"), RunFailed([TaskFailed("t", "boom")], 2, "/run")]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert {k: str(v) for k, v in vars(copy).items()} == {k: str(v) for k, v in vars(error).items()}

@@ -57,7 +57,7 @@ class Group:
     def positions(self, member: int) -> dict[str, int]:
         """Position of ``member`` along each sweep parameter."""
         names = list(self.sweep_params)
-        if self.sweep_mode == "zip":
+        if self.sweep_mode == "zip" or len(names) == 1:
             return dict.fromkeys(names, member)
         coords = np.unravel_index(member, self.sweep_shape)
         return {name: int(c) for name, c in zip(names, coords, strict=True)}

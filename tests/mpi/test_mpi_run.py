@@ -11,6 +11,7 @@ initialised: mpi4py is imported inside the tests only.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,23 @@ def test_lambda_arguments_travel_by_value_and_unstorable_results_fail_the_task()
     assert [f.task for f in result.failures] == ["gen"]
     assert "cannot be stored" in result.failures[0].error
     assert result.done == 1
+
+
+def signal_own_worker(x):
+    import signal
+
+    if x == 0:
+        os.kill(os.getpid(), signal.SIGTERM)  # as if only this worker had been told to stop
+        time.sleep(5)
+    time.sleep(0.05)
+    return x
+
+
+def test_a_worker_told_to_stop_fails_its_tasks_at_once_and_the_run_ends():
+    tasks = hf.task(signal_own_worker).sweep({"x": range(8)})
+    started = time.monotonic()
+    result = hf.run(hf.workflow("signalled", outputs=[tasks.all()]), engine="mpi", check=False)
+    assert time.monotonic() - started < 4  # the interrupted task did not sleep on
+    assert result.status == "failed" and result.done + len(result.failures) == 8
+    assert all("interrupted by SIGTERM" in f.error for f in result.failures)
+    assert "signal_own_worker[0]" in [f.task for f in result.failures]

@@ -13,6 +13,8 @@ Modules, in the order a run meets them (importing this package imports no MPI):
   final broadcast of the result, signals on rank 0;
 - ``discover``: each worker rank's node and share of it (cores, GPUs, memory);
 - ``backend``: rank 0's :class:`~hpcflow.engine.core.Backend` and the set-up;
-- ``worker``: the worker ranks' loop;
-- ``wire``: message tags, back-off polling, polite collectives, exceptions on the wire.
+- ``worker``: the worker ranks' loop; ``results``: a worker persisting its large results;
+- ``channel``: point-to-point messages (pickle 5, arrays out of band, pooled buffers);
+- ``wire``: message tags and records, back-off polling, polite collectives, exceptions
+  on the wire.
 """

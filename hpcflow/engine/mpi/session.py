@@ -158,7 +158,9 @@ def _serve(session: Session) -> RunResult:
     from hpcflow.engine.mpi.backend import serve_setup
 
     world = session.world
-    previous = _install(lambda _s, _f: None)  # rank 0 decides when to stop
+    # rank 0 decides when to stop; USR1 (the walltime signal, which srun and mpiexec pass
+    # to every rank) is handled by rank 0's coordinator alone (engine/walltime.py)
+    previous = _install(lambda _s, _f: None, (*_SIGNALS, signal.SIGUSR1))
     try:
         while True:
             kind, payload = polite_bcast(world, None, session.backoff)
@@ -172,10 +174,10 @@ def _serve(session: Session) -> RunResult:
         _restore(previous)
 
 
-def _install(handler: Any) -> dict[int, Any]:
+def _install(handler: Any, signals: tuple[int, ...] = _SIGNALS) -> dict[int, Any]:
     previous: dict[int, Any] = {}
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        for signum in _SIGNALS:
+        for signum in signals:
             previous[signum] = signal.signal(signum, handler)
     return previous
 

@@ -19,13 +19,14 @@ Results larger than the journal's inline limit are written by this worker to
 the tasks that read it. Smaller results travel inline.
 
 SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) interrupt a running task,
-which is reported as failed; the worker then waits for rank 0's ``STOP``.
+which is reported as failed; from then on the worker starts nothing new (a call that
+was already on its way fails at once, so a coordinator that got no signal sees failures,
+not a hang) and waits for rank 0's ``STOP``.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import signal
 import time
 from collections import deque
@@ -65,7 +66,7 @@ class Worker:
         self.done: list[tuple[Any, ...]] = []  # outcomes as plain tuples
         self.batch_start = 0.0
         self.in_task = False
-        self._gpus: tuple[str, ...] | None = None
+        self.signalled: int | None = None
         self._accepts_comm: dict[int, bool] = {}
         self._requests: list[MPI.Request] = []  # outcome isends not yet complete
 
@@ -93,6 +94,7 @@ class Worker:
                 signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signalled = signum
         if self.in_task:
             raise Interrupted(signum)
 
@@ -139,15 +141,15 @@ class Worker:
         self.done.append(tuple(outcome))
 
     def _run(self, call: Call, ranks: int, task_rank: int) -> Outcome:
+        start = time.time()
+        if self.signalled is not None:  # told to stop: start nothing new
+            return Outcome(call.id, call.attempt, False, None, start, start, self.index,
+                           error=str(Interrupted(self.signalled)))
         comm = None
         if ranks > 1 and not isinstance(self.actions[call.group], ShellCommand):
             comm = self._task_comm(call)
             if self._takes_comm(call.group):
                 call = call._replace(kwargs={**call.kwargs, "comm": comm})
-        if call.gpus != self._gpus:  # a task sees only the GPUs it was given
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
-            self._gpus = call.gpus
-        start = time.time()
         self.in_task = True
         try:
             return self.executor.run(call, ranks)

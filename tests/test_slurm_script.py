@@ -301,7 +301,7 @@ def test_script_runs_the_engine_with_this_python_by_default():
     text = render_script(batch_job(sizing, _local(), workflow="wf", run_dir="/r", spec="/s.yaml"))
     launch = next(line for line in text.splitlines() if line.startswith("srun "))
     assert re.fullmatch(rf"srun --mpi=pmi2 --cpu-bind=none {re.escape(sys.executable)} -m hpcflow "
-                        r"run --engine mpi --run-dir /r /s\.yaml &", launch)
+                        r"run --engine mpi --resume /r /s\.yaml &", launch)
 
 
 # --- any text: refused, or one clean directive; any words: read back unchanged ---------

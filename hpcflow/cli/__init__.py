@@ -5,6 +5,8 @@ Exit codes (also in the README):
   1  the run finished with failed tasks (each named with its log)
   2  bad input: the spec, an option, a run folder (nothing ran)
   3  the engine could not run (MPI, a backend, the batch system)
+  75 the allocation's walltime ended the run first; resume it (`run --resume RUN`; a
+     Slurm job does so itself in a continuation job)
   130 interrupted (Ctrl-C / SIGTERM)
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 from hpcflow.errors import HpcflowError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENGINE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_WALLTIME = 75  # hpcflow.engine.walltime.EXIT_WALLTIME
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Define, check, plan and run workflows of tasks on a workstation, "
                     "under MPI, or in one Slurm job.",
         epilog="exit codes: 0 success, 1 tasks failed, 2 bad input (nothing ran), "
-               "3 engine error, 130 interrupted")
+               "3 engine error, 75 stopped for the walltime (resume it), 130 interrupted")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     target_help = "a YAML spec, or FILE.py[:NAME] defining a Workflow"
@@ -44,9 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     _sizing_options(p)
 
     p = sub.add_parser("run", help="run a workflow (locally, or under mpiexec with --engine mpi)")
-    p.add_argument("workflow", help=target_help)
-    p.add_argument("--engine", default="local", help="local (default) or mpi")
+    p.add_argument("workflow", nargs="?", help=target_help + " (with --resume: default, the "
+                   "run's own spec)")
+    p.add_argument("--resume", metavar="RUN", help="continue this run folder: completed tasks "
+                   "whose definition and inputs are unchanged are reused")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --resume: list what would run again and why; run nothing")
+    p.add_argument("--engine", default="local",
+                   help="local (default), mpi, dask, ray or spark (the last three need the "
+                   "extra of that name: pip install 'hpcflow-mpi[dask]')")
     p.add_argument("--workers", type=int, help="worker processes / ranks (default: cores)")
+    p.add_argument("--address", "--master", dest="address", metavar="URL",
+                   help="dask: a scheduler (tcp://host:8786); ray: a cluster (host:6379 or "
+                   "auto); spark: a master (spark://host:7077). Default: start one here")
     p.add_argument("--gpus", default="", help="GPU ids to share among workers, e.g. 0,1")
     p.add_argument("--run-dir", help="folder for this run (default: a new one under --runs-root)")
     p.add_argument("--runs-root", help="where new run folders go (default: $HPCFLOW_RUNS or "
@@ -54,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-on-failure", action="store_true",
                    help="stop at the first failed task (default: finish independent branches)")
     p.add_argument("--fsync", action="store_true", help="fsync the journal (survives power loss)")
+    p.add_argument("--deadline", help="the allocation ends this long from now, e.g. 50m "
+                   "(default: from Slurm); no task starts that its `time` says cannot finish")
+    p.add_argument("--isolate", action="store_true", help="run each Python task in its own "
+                   "child process: a task that crashes (segfault) fails alone")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     p = sub.add_parser("graph", help="print the task graph as DOT, Mermaid or SVG")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcflow.cli import EXIT_FAILED, EXIT_OK, print_json
+from hpcflow.cli import EXIT_FAILED, EXIT_OK, EXIT_WALLTIME, print_json
 from hpcflow.cli.load import load_plan
 from hpcflow.errors import EngineError
 
@@ -64,25 +64,75 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from hpcflow.engine.core import RunOptions
     from hpcflow.engine.runner import EngineConfig, run_workflow
+    from hpcflow.engine.walltime import arm
 
+    arm()  # a walltime signal during start-up or shut-down must not kill the run
     if args.workers is not None and args.workers < 1:
         raise EngineError(f"--workers must be at least 1, got {args.workers}")
     if args.engine == "mpi" and _mpi_size() == 1 and args.workers:
         from hpcflow.engine.mpi.launch import relaunch
 
         return relaunch(sys.argv, args.workers)
-    plan = load_plan(args.workflow)
+    workflow = _workflow_argument(args)
+    plan = load_plan(workflow)
+    if args.dry_run:
+        return _resume_dry_run(plan, args)
     config = EngineConfig(
         engine=args.engine, workers=args.workers,
         gpus=tuple(g for g in args.gpus.split(",") if g), run_dir=args.run_dir,
-        runs_root=args.runs_root, spec=str(Path(args.workflow).resolve()),
-        options=RunOptions(keep_going=not args.stop_on_failure, fsync=args.fsync),
+        runs_root=args.runs_root, spec=_spec_argument(workflow),
+        options=RunOptions(keep_going=not args.stop_on_failure, fsync=args.fsync,
+                           isolate=args.isolate),
+        resume=_run_folder(args.resume) if args.resume else None, address=args.address,
+        deadline=_parsed_deadline(args.deadline),
     )
     result = run_workflow(plan, config)
+    code = {"succeeded": EXIT_OK, "walltime": EXIT_WALLTIME}.get(result.status, EXIT_FAILED)
     if args.engine == "mpi" and _mpi_rank() != 0:
-        return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
+        return code
     _report(result, args.json)
-    return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
+    return code
+
+
+def _parsed_deadline(value: str | None) -> float | None:
+    from hpcflow.errors import SpecError
+    from hpcflow.model.resources import parse_time
+
+    try:
+        return None if value is None else parse_time(value)
+    except ValueError as exc:
+        raise SpecError(str(exc), field="--deadline") from None
+
+
+def _workflow_argument(args: argparse.Namespace) -> str:
+    """The WF argument; with ``--resume`` it defaults to the spec recorded in run.json."""
+    from hpcflow.errors import SpecError
+
+    if args.dry_run and not args.resume:
+        raise SpecError("--dry-run needs --resume RUN", field="--dry-run")
+    if args.workflow:
+        return str(args.workflow)
+    if not args.resume:
+        raise SpecError("a workflow is required (or --resume RUN)", field="workflow")
+    from hpcflow.store.rundir import RunDir
+
+    spec = RunDir.open(_run_folder(args.resume)).read_info().get("spec")
+    if not spec:
+        raise SpecError(f"run {args.resume} recorded no spec: name the workflow", field="workflow")
+    return str(spec)
+
+
+def _resume_dry_run(plan: Any, args: argparse.Namespace) -> int:
+    from hpcflow.engine.runner import resume_preview
+    from hpcflow.store.resume import describe
+
+    plan, decision = resume_preview(plan, _run_folder(args.resume))
+    if args.json:
+        print_json({"reused": len(decision.reuse),
+                    "rerun": {plan.name(i): r for i, r in sorted(decision.reasons.items())}})
+    else:
+        sys.stdout.write(describe(plan, decision))
+    return EXIT_OK
 
 
 def _report(result: Any, as_json: bool) -> None:
@@ -103,6 +153,9 @@ def _report(result: Any, as_json: bool) -> None:
         print(f"  FAILED {failure.task}: {failure.error}", file=sys.stderr)
         if failure.log:
             print(f"         log: {failure.log}", file=sys.stderr)
+    if result.status == "walltime":
+        print(f"stopped for the allocation's end; continue with: hpcflow run --resume "
+              f"{result.run_dir}", file=sys.stderr)
     if result.failures:
         print("Fix the cause (see the logs above), then run again; tasks that do not depend "
               "on a failed one have finished.", file=sys.stderr)

@@ -31,10 +31,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from hpcflow.engine.execute import Call, Outcome
+from hpcflow.engine.walltime import Walltime
 from hpcflow.errors import ResourceError, TaskFailed
 from hpcflow.plan.plan import Plan, bind_args
 from hpcflow.plan.policy import Placement, Placer, Slot
 from hpcflow.store.journal import Event, Journal
+from hpcflow.store.resume import Fingerprinter, Prior, content_hash
 from hpcflow.store.rundir import RunDir, load_result
 
 FLUSH_EVENTS = 4096
@@ -69,6 +71,8 @@ class RunOptions:
     retry_delay: float = 1.0
     """Seconds before the first retry; doubled for each later attempt."""
     fsync: bool = False
+    isolate: bool = False
+    """Run every Python task in its own child process (a crash fails that task alone)."""
 
 
 @dataclass
@@ -109,17 +113,32 @@ class Core:
         self._timeouts = [g.task.timeout for g in plan.groups]
         self._group_of = plan.group_of.tolist()
         self._needs, self._need_key = _need_table(plan, self._group_of)
+        self.fingerprints = Fingerprinter(plan)
+        self.hashes: dict[int, str] = {}  # content hash of each result still held
+        self.candidates: dict[int, Prior] = {}  # resume: reused if its inputs come out equal
+        self._fp: dict[int, str] = {}  # fingerprint of each running task
+        self.walltime: Walltime | None = None  # set by the runner: the allocation's end
+        self.draining = False  # the allocation ends: dispatch nothing more
+        self.deferred: list[int] = []  # tasks whose time estimate no longer fits
+        self._estimates = [g.task.resources.time for g in plan.groups]  # explicit only
 
     # -- set-up ---------------------------------------------------------------------
-    def seed(self, completed: dict[int, Any] | None = None) -> None:
-        """Fill ``ready`` with the sources; ``completed`` (from a resume) counts as done."""
+    def seed(self, completed: dict[int, Any] | None = None, hashes: dict[int, str] | None = None,
+             candidates: dict[int, Prior] | None = None) -> None:
+        """Fill ``ready`` with the sources; ``completed`` (from a resume) counts as done,
+        ``hashes`` are their content hashes, ``candidates`` may be reused at dispatch."""
+        self.hashes.update(hashes or {})
+        self.candidates.update(candidates or {})
         for i, value in (completed or {}).items():
             self.results[i] = value
             self._complete_edges(i)
             self.done += 1
         done = set(completed or ())
+        self.ready = [item for item in self.ready if item[1] not in done]  # pushed by edges
+        heapq.heapify(self.ready)
+        queued = {i for _, i in self.ready}
         for i in range(self.plan.n):
-            if self.waiting[i] == 0 and i not in done:
+            if self.waiting[i] == 0 and i not in done and i not in queued:
                 heapq.heappush(self.ready, (-self.priority[i], i))
 
     # -- the loop -------------------------------------------------------------------
@@ -131,16 +150,16 @@ class Core:
         status = "stopped"
         try:
             while self._unfinished():
+                self._check_walltime()
                 self._dispatch()
                 if not self.running and not self._retry_due_soon():
-                    if self.ready:
+                    if self.ready and not self.draining:
                         raise RuntimeError("ready tasks but none can be placed")  # guarded by check
                     break
                 for outcome in self.backend.wait(self._wait_timeout()):
                     self._finish(outcome)
                 self._maybe_flush()
-            status = "failed" if self.failed else ("succeeded" if self.done == self.plan.n
-                                                    else "stopped")
+            status = self._status()
         finally:
             self.journal.record(Event.END, status, time.time())
             self.journal.close()
@@ -148,17 +167,40 @@ class Core:
                          str(self.run_dir.path), self.done, self.failed, len(self.skipped),
                          time.time() - start)
 
+    def _status(self) -> str:
+        if self.done == self.plan.n:
+            return "succeeded"
+        if self.draining or self.deferred:
+            return "walltime"  # the rest runs on resume (a continuation job)
+        return "failed" if self.failed else "stopped"
+
+    def _check_walltime(self) -> None:
+        """Stop dispatching when the allocation's end nears (or SIGUSR1 came); past the
+        grace time, give up the running tasks, journalled as stopped (resume reruns them)."""
+        wt = self.walltime
+        if wt is None or not wt.draining:
+            return
+        self.draining = True
+        if self.running and wt.past_grace():
+            now = time.time()
+            for i, (placement, _) in self.running.items():
+                self.journal.record(Event.STOPPED, i, now)
+                self.placer.release(placement)
+            self.running.clear()
+
     def _unfinished(self) -> bool:
-        if self.stopping:
+        if self.stopping or self.draining:
             return bool(self.running)
         return self.done + len(self.skipped) + len(self.failed) < self.plan.n
 
     def _retry_due_soon(self) -> bool:
-        return bool(self.retry_at) and not self.stopping
+        return bool(self.retry_at) and not self.stopping and not self.draining
 
     def _wait_timeout(self) -> float | None:
         if self.retry_at:
             return max(0.0, self.retry_at[0][0] - time.monotonic())
+        if self.walltime is not None and self.running:
+            return 1.0  # look at the signal flag and the clock now and then
         return None if self.running else 0.0
 
     def _maybe_flush(self) -> None:
@@ -168,7 +210,7 @@ class Core:
 
     # -- dispatch -------------------------------------------------------------------
     def _dispatch(self) -> None:
-        if self.stopping:
+        if self.stopping or self.draining:
             return
         now = time.monotonic()
         while self.retry_at and self.retry_at[0][0] <= now:
@@ -180,6 +222,10 @@ class Core:
         while ready:
             item = heapq.heappop(ready)
             i = item[1]
+            if self.candidates and i in self.candidates and self._reuse(i):
+                continue
+            if self.walltime is not None and not self._fits(i):
+                continue
             placement = placer.place(*needs[key[i]])
             if placement is None:
                 blocked.append(item)
@@ -193,6 +239,15 @@ class Core:
             self.journal.flush()  # a DISPATCH is on disk before its call leaves
             self.backend.submit(batch)
 
+    def _fits(self, i: int) -> bool:
+        """Whether task ``i``'s time estimate fits before the allocation ends; if not it
+        waits for the next allocation (a continuation job resumes it)."""
+        assert self.walltime is not None
+        if self.walltime.fits(self._estimates[self._group_of[i]]):
+            return True
+        self.deferred.append(i)
+        return False
+
     def _call(self, i: int, placement: Placement) -> Call:
         attempt = self.attempts.get(i, 0) if self.attempts else 0
         group_index = self._group_of[i]
@@ -200,10 +255,11 @@ class Core:
         member = i - group.start
         args, kwargs = bind_args(group, member, self._groups, self.results)
         self.running[i] = (placement, attempt)
+        self._fp[i] = self.fingerprints.of(i, self.hashes)
         self.journal.record(Event.DISPATCH, i, attempt, placement.leaders[0], time.time())
         gpus = placement.gpus[0] if self._needs[self._need_key[i]][1] else ()
         return Call(i, attempt, group_index, group.member_name(member), args, kwargs,
-                    gpus, self._timeouts[group_index], placement.leaders)
+                    gpus, self._timeouts[group_index], placement.leaders, self.options.isolate)
 
     # -- completion -----------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
@@ -219,17 +275,40 @@ class Core:
 
     def _succeed(self, i: int, outcome: Outcome) -> None:
         stored = outcome.stored or self.run_dir.store_result(i, outcome.value)
+        group = self._group_of[i]
+        digest = content_hash(self._groups[group].task.action, stored, outcome.value)
         self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, stored, {})
-        self.results[i] = outcome.value
-        self.done += 1
+                            outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest,
+                                                  "d": self.fingerprints.defs[group]})
         self._learn_duration(outcome.end - outcome.start)
+        self._complete(i, outcome.value, digest)
+
+    def _complete(self, i: int, value: Any, digest: str) -> None:
+        """Hold the result and its hash; release the inputs no one reads any more."""
+        self.results[i] = value
+        self.hashes[i] = digest
+        self.done += 1
         for k in range(self.pred_ptr[i], self.pred_ptr[i + 1]):
             p = self.pred[k]
             self.readers[p] -= 1
             if self.readers[p] == 0 and p not in self.keep:
                 self.results.pop(p, None)
+                self.hashes.pop(p, None)
         self._complete_edges(i)
+
+    def _reuse(self, i: int) -> bool:
+        """Resume: a task done before whose inputs reran is reused, without running, when
+        its fingerprint (inputs' content included) is the one journalled then."""
+        old = self.candidates.pop(i)
+        if old.stored is None or self.fingerprints.of(i, self.hashes) != old.extra.get("fp"):
+            return False
+        try:
+            value = load_result(old.stored)
+        except Exception:  # an unreadable result: run the task again
+            return False
+        # nothing to journal: its earlier DONE (same fingerprint) is still its last state
+        self._complete(i, value, old.extra["h"])
+        return True
 
     def _complete_edges(self, i: int) -> None:
         waiting, succ, priority, ready = self.waiting, self.succ, self.priority, self.ready

@@ -14,6 +14,8 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import pickle
+import select
 import shlex
 import signal
 import string
@@ -41,6 +43,8 @@ class Call(NamedTuple):
     gpus: tuple[str, ...] = ()
     timeout: float | None = None
     peers: tuple[int, ...] = ()
+    isolate: bool = False
+    """Run a Python task in a child process even without a time-out (a crash fails it alone)."""
 
 
 class Outcome(NamedTuple):
@@ -154,6 +158,8 @@ class Executor:
         try:
             if isinstance(action, ShellCommand):
                 value = self._shell(action, call, ranks)
+            elif (call.timeout or call.isolate) and ranks == 1:
+                value = run_forked(lambda: self._python(action, call), call.timeout, call.name)
             else:
                 value = self._python(action, call)
         except Exception as exc:  # the task's own failure, reported, never raised
@@ -214,6 +220,81 @@ class Executor:
             pass
         return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
                        error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log)
+
+
+def run_forked(fn: Callable[[], Any], timeout: float | None, name: str) -> Any:
+    """``fn()`` in a forked child (its own process group), its result pickled back through a
+    pipe. On time-out the child's whole tree is ended; a child that dies (a segfault, an
+    abort, the OOM killer) fails this task alone, by name, and the worker goes on."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(rfd)
+        _child(fn, wfd)
+    os.close(wfd)
+    try:
+        data = _read_all(rfd, None if timeout is None else time.monotonic() + timeout)
+    except TimeoutError:
+        kill_tree(pid)
+        os.waitpid(pid, 0)
+        raise TaskError(f"timed out after {timeout:g} s; its processes were ended") from None
+    except BaseException:
+        kill_tree(pid)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise TaskError(f"task {name} crashed: its process {_death(status)}")
+    ok, payload = pickle.loads(data)
+    if not ok:
+        raise TaskError(payload)
+    return payload
+
+
+def _child(fn: Callable[[], Any], wfd: int) -> None:
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        try:
+            data = pickle.dumps((True, fn()), protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            data = pickle.dumps((False, text))
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wfd, view):]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _read_all(fd: int, deadline: float | None) -> bytes:
+    """Everything written to ``fd`` until EOF; TimeoutError past ``deadline``."""
+    chunks: list[bytes] = []
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _death(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"died of {signal.Signals(sig).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)} without a result"
 
 
 def default_launcher(ranks: int) -> list[str]:

@@ -7,6 +7,7 @@ module never imports an optional engine's package.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -18,14 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcflow.engine.core import Backend, Core, RunOptions, RunResult, check_fits
+from hpcflow.engine.core import Backend, Core, RunOptions, RunResult, _output_ids, check_fits
 from hpcflow.engine.local import LocalBackend, machine_shares
+from hpcflow.engine.walltime import Walltime, allocation_end, watching
 from hpcflow.errors import EngineError
 from hpcflow.model.workflow import Workflow
 from hpcflow.plan.analyse import analyse
 from hpcflow.plan.flatten import flatten
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
+from hpcflow.store.journal import truncate_torn
+from hpcflow.store.resume import Decision, plan_resume
 from hpcflow.store.rundir import RunDir
 
 
@@ -41,6 +45,16 @@ class EngineConfig:
     runs_root: str | None = None
     options: RunOptions = field(default_factory=RunOptions)
     spec: str | None = None
+    address: str | None = None
+    """The cluster to use: a Dask scheduler (``tcp://host:8786``), a Ray cluster
+    (``host:6379``, ``auto``) or a Spark master (``spark://host:7077``); None starts one
+    on this machine. Other engines ignore it."""
+    resume: str | None = None
+    """An earlier run folder to continue: its completed, unchanged tasks are reused."""
+    isolate: bool = False
+    """Every Python task in its own child process (sets ``options.isolate``)."""
+    deadline: float | None = None
+    """Seconds from now until the allocation ends (default: from Slurm; see walltime.py)."""
 
 
 BackendFactory = Callable[[Plan, RunDir, EngineConfig], tuple[Backend, list[Slot]]]
@@ -59,7 +73,26 @@ def _mpi_factory(plan: Plan, run: RunDir, config: EngineConfig) -> tuple[Backend
     return start_backend(plan, run, config)
 
 
-BACKENDS: dict[str, BackendFactory] = {"local": _local_factory, "mpi": _mpi_factory}
+def _cluster_factory(engine: str, *packages: str) -> BackendFactory:
+    """The factory of ``hpcflow.engine.backends.<engine>``, which imports that module (and
+    so Dask, Ray or PySpark) only when the engine is chosen: a missing package is one
+    line naming the extra to install (EngineError), never a traceback."""
+    def factory(plan: Plan, run: RunDir, config: EngineConfig) -> tuple[Backend, list[Slot]]:
+        from hpcflow.engine.backends.remote import require
+
+        require(engine, *packages)
+        module = importlib.import_module(f"hpcflow.engine.backends.{engine}")
+        return module.start_backend(plan, run, config)
+
+    return factory
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "local": _local_factory, "mpi": _mpi_factory,
+    "dask": _cluster_factory("dask", "dask", "distributed"),
+    "ray": _cluster_factory("ray", "ray"),
+    "spark": _cluster_factory("spark", "pyspark"),
+}
 
 
 def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) -> RunResult:
@@ -77,12 +110,11 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     if config.engine not in BACKENDS:
         raise EngineError(f"unknown engine '{config.engine}' (known: {', '.join(sorted(BACKENDS))})")
     analysis = analyse(plan)
-    run = RunDir.create(plan.workflow, root=config.runs_root, path=config.run_dir)
-    run.lock()
-    info: dict[str, Any] = {"workflow": plan.workflow, "spec": config.spec,
-                            "engine": config.engine, "created": time.time(),
-                            "host": socket.gethostname(), "argv": sys.argv,
-                            "tasks": plan.n, "status": "running"}
+    config.options.isolate = config.options.isolate or config.isolate
+    run, info = _open_run(plan, config)
+    decision, values = (plan_resume(plan, run, set(_output_ids(plan))) if config.resume
+                        else (Decision(), {}))
+    info["reused"] = len(decision.reuse)
     run.write_info(info)
     run.save_plan(plan)
     try:
@@ -96,8 +128,9 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     try:
         with _sigterm_stops():
             core = Core(plan, analysis.priority.tolist(), backend, run, config.options)
-            core.seed()
-            result = core.run()
+            core.seed(values, decision.hashes, decision.candidates)
+            with watching(Walltime(allocation_end(config.deadline))) as core.walltime:
+                result = core.run()
             status = result.status
     except KeyboardInterrupt:
         status = "stopped"
@@ -108,6 +141,35 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
         run.write_info(info)
         run.unlock()
     return result
+
+
+def _open_run(plan: Plan, config: EngineConfig) -> tuple[RunDir, dict[str, Any]]:
+    """A new run folder, or (resume) the earlier one, locked, its journal's torn tail cut."""
+    info: dict[str, Any] = {"workflow": plan.workflow, "spec": config.spec,
+                            "engine": config.engine, "created": time.time(),
+                            "host": socket.gethostname(), "argv": sys.argv,
+                            "tasks": plan.n, "status": "running"}
+    if not config.resume:
+        run = RunDir.create(plan.workflow, root=config.runs_root, path=config.run_dir)
+        run.lock()
+        return run, info
+    run = RunDir.open(config.resume)
+    run.lock()
+    truncate_torn(run.journal)
+    old = run.read_info()
+    run._prepared = old  # keep what earlier sessions wrote (slurm_job_id...); never discard
+    info.update(created=old.get("created", info["created"]), spec=config.spec or old.get("spec"),
+                resumes=int(old.get("resumes", 0)) + int(run.journal.exists()), resumed=time.time())
+    if os.environ.get("SLURM_JOB_ID"):  # a continuation job: `hpcflow status` follows it
+        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return run, info
+
+
+def resume_preview(workflow: Workflow | Plan, run_path: str) -> tuple[Plan, Decision]:
+    """What ``--resume RUN --dry-run`` shows: the decision, with nothing locked or run."""
+    plan = workflow if isinstance(workflow, Plan) else flatten(workflow)
+    decision, _ = plan_resume(plan, RunDir.open(run_path), set(_output_ids(plan)))
+    return plan, decision
 
 
 @contextmanager

@@ -35,6 +35,7 @@ class Event:
     - ``FAIL``: task id, attempt, worker index, start time, end time, error text, log path
     - ``RETRY``: task id, attempt that failed, delay seconds
     - ``SKIP``: task id, id of the failed task it depends on
+    - ``STOPPED``: task id, time — a running task given up at the allocation's end
     - ``END``: status string (``succeeded``, ``failed``, ``stopped``), time
     """
 
@@ -44,6 +45,7 @@ class Event:
     FAIL = "fail"
     RETRY = "retry"
     SKIP = "skip"
+    STOPPED = "stopped"
     END = "end"
 
 
@@ -89,6 +91,33 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def complete_length(path: str | os.PathLike[str]) -> int:
+    """Bytes of ``path`` up to the end of its last complete, valid frame."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return 0
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        payload = data[start : start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        offset = start + length
+    return offset
+
+
+def truncate_torn(path: str | os.PathLike[str]) -> int:
+    """Cut a torn tail (a coordinator killed mid-write) before appending again: frames
+    appended after it would otherwise be hidden from every reader. Returns bytes cut."""
+    size = Path(path).stat().st_size if Path(path).exists() else 0
+    keep = complete_length(path)
+    if keep < size:
+        os.truncate(path, keep)
+    return size - keep
 
 
 def read_journal(path: str | os.PathLike[str]) -> Iterator[tuple[Any, ...]]:

@@ -143,7 +143,7 @@ class RunDir:
                      memory=plan.memory, time=plan.time)
         os.replace(self.path / "plan.npz.tmp", self.path / "plan.npz")
         groups = [{"name": g.name, "start": g.start, "size": g.size,
-                   "action": g.task.action.label} for g in plan.groups]
+                   "action": g.task.action.label, "swept": g.swept} for g in plan.groups]
         write_atomic(self.path / "groups.json", json.dumps(groups).encode())
 
     def store_result(self, task_id: int, value: Any) -> tuple[str, Any]:

@@ -16,6 +16,7 @@ import string
 import sys
 from dataclasses import dataclass
 
+from hpcflow.engine.walltime import EXIT_WALLTIME
 from hpcflow.model.resources import format_slurm_time
 from hpcflow.scheduler.slurm import template
 from hpcflow.scheduler.slurm.profile import Profile
@@ -31,6 +32,10 @@ from hpcflow.scheduler.slurm.sizing import Sizing
 
 BATCH_FOLDER = "batch"
 """Inside the run folder: the script, Slurm's output files, the sizing, the state cache."""
+SCRIPT_NAME = "job.sh"
+MAX_CHAIN = 50
+"""At most this many continuation jobs follow one another (a run that never progresses
+must not resubmit itself for ever)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class BatchJob:
     setup: tuple[tuple[str, ...], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     launch: tuple[str, ...] = ()
+    script: str = ""
+    """Where the script itself lies (the run's batch folder): a continuation resubmits it."""
 
 
 def job_name(workflow: str) -> str:
@@ -79,7 +86,8 @@ def batch_job(sizing: Sizing, profile: Profile, *, workflow: str, run_dir: str, 
         job_name=job_name(workflow),
         directives=tuple((n, str(v)) for n, v in directives if v is not None),
         setup=setup, env=tuple(defaults.env.items()),
-        launch=_launch(sizing, profile, engine or profile.engine, python, run_dir, spec))
+        launch=_launch(sizing, profile, engine or profile.engine, python, run_dir, spec),
+        script=f"{run_dir}/{BATCH_FOLDER}/{SCRIPT_NAME}")
 
 
 def render_script(job: BatchJob) -> str:
@@ -98,7 +106,8 @@ def render_script(job: BatchJob) -> str:
         directives="\n".join(lines),
         job_name=check_directive("job-name", job.job_name),
         setup="\n".join(setup) if setup else template.NO_SETUP,
-        launch=quote_words(job.launch))
+        launch=quote_words(job.launch), script=quote_words([job.script or "$0"]),
+        walltime_code=str(EXIT_WALLTIME), max_chain=str(MAX_CHAIN))
 
 
 def _memory_directive(sizing: Sizing, profile: Profile) -> tuple[str, str]:
@@ -117,9 +126,11 @@ def _launch(sizing: Sizing, profile: Profile, engine: str, python: str | None, r
     shape = sizing.shape
     command = [python or profile.python or sys.executable, "-m", "hpcflow", "run",
                "--engine", engine]
+    # --resume: the first job starts the folder `hpcflow submit` prepared, a continuation
+    # job goes on with it (the same words serve both)
     if engine == "local":
-        return (*command, "--workers", str(shape.workers), "--run-dir", run_dir, spec)
-    command += ["--run-dir", run_dir, spec]
+        return (*command, "--workers", str(shape.workers), "--resume", run_dir, spec)
+    command += ["--resume", run_dir, spec]
     if profile.launcher == "mpiexec":
         return (profile.mpiexec, "-n", str(shape.nodes * shape.ntasks_per_node), *command)
     mpi = [f"--mpi={profile.srun_mpi}"] if profile.srun_mpi else []

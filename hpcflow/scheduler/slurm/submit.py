@@ -32,12 +32,11 @@ from hpcflow.plan.plan import Plan
 from hpcflow.scheduler.slurm._cmd import Runner, run_slurm, said, sbatch_env
 from hpcflow.scheduler.slurm.errors import SlurmError, SlurmRejected
 from hpcflow.scheduler.slurm.profile import Profile
-from hpcflow.scheduler.slurm.script import BATCH_FOLDER, batch_job, render_script
+from hpcflow.scheduler.slurm.script import BATCH_FOLDER, SCRIPT_NAME, batch_job, render_script
 from hpcflow.scheduler.slurm.sizing import Sizing
 from hpcflow.scheduler.slurm.view import sizing_json
 from hpcflow.store.rundir import RunDir, write_atomic
 
-SCRIPT_NAME = "job.sh"
 _JOB_ID = re.compile(r"^(\d+)(;\S+)?$")
 
 

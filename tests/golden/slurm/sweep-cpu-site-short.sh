@@ -23,10 +23,24 @@ export OMP_NUM_THREADS=1
 set +e
 
 # USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
+# It also submits, once, the job that continues this run after this one ends, however
+# it ends (afterany: the run's lock is free by then); a run that finishes cancels it.
 step=
 usr1=
-trap 'usr1=1; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
-srun --mpi=pmix --cpu-bind=none python -m hpcflow run --engine mpi --run-dir /scratch/alice/runs/oscillator-sweep-20260101-000000-1 /home/alice/flows/sweep.yaml &
+cont=
+continue_run() {
+  [ -n "${cont}" ] && return 0
+  n=${HPCFLOW_CONTINUATION:-0}
+  if [ "${n}" -ge 50 ]; then
+    echo "hpcflow: 50 continuation jobs ran; resume by hand: hpcflow run --resume" >&2
+    return 0
+  fi
+  export HPCFLOW_CONTINUATION=$((n + 1))
+  cont=$(sbatch --parsable --dependency="afterany:${SLURM_JOB_ID}" /scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/job.sh) ||
+    { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
+}
+trap 'usr1=1; continue_run; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
+srun --mpi=pmix --cpu-bind=none python -m hpcflow run --engine mpi --resume /scratch/alice/runs/oscillator-sweep-20260101-000000-1 /home/alice/flows/sweep.yaml &
 step=$!
 wait "${step}"
 status=$?
@@ -37,4 +51,9 @@ while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real
   [ "${code}" -eq 127 ] && break  # its end was already collected above
   status=${code}
 done
+if [ "${status}" -eq 75 ]; then  # stopped for the walltime: continue
+  continue_run
+elif [ -n "${cont}" ]; then  # finished (or failed) within this job after all
+  scancel "${cont}" 2>/dev/null || true
+fi
 exit "${status}"

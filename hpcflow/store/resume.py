@@ -1,0 +1,343 @@
+"""Resume: which tasks of an earlier run can be reused, which must run again, and why.
+
+A task's *fingerprint* is a hash of what decides its result:
+
+- the *definition hash* of its group: the action (a Python callable's source, else its
+  bytecode and constants; a ``"module:qualname"`` string with the source of that
+  definition in the module's file, parsed not imported, else the whole file's content;
+  a shell command template with its declared outputs; a method's class
+  source with its constructor arguments) and the group's constant arguments, with
+  references to other tasks written as (group name, key, mode). Resources, retries and
+  time-outs are not part of it: asking for more memory does not change a result;
+- the member's concrete sweep values;
+- the *content hash* of each predecessor's result (a pickled value; a shell task's
+  declared output files by content; a result large enough to live in ``results/`` by
+  its file's identity, so that a rerun of it always counts as a change).
+
+Every DONE event carries ``{"fp": fingerprint, "h": content hash, "d": definition hash}``
+in its extra dict. On resume, a task whose last journalled state is DONE is reused when
+its recomputed fingerprint matches (its definition and all its inputs unchanged). A task
+whose definition is unchanged but an input reruns stays a *candidate*: the core computes
+its fingerprint once the inputs are there, and reuses it if the rerun produced equal
+content (see ``Core._reuse``; its earlier DONE stays its journalled state).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import inspect
+import json
+import pickle
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
+from hpcflow.plan.plan import Group, GroupRef, Plan, map_group_refs
+from hpcflow.store.journal import Event, read_journal
+from hpcflow.store.rundir import RunDir, load_result
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _bytes_of(value: Any) -> bytes:
+    """Stable bytes for a constant: its pickle, or its repr where it cannot be pickled."""
+    try:
+        return pickle.dumps(value, protocol=4)
+    except Exception:  # any unpicklable constant falls back to its repr
+        return repr(value).encode()
+
+
+def _file_hash(path: str | None) -> bytes:
+    if not path:
+        return b""
+    try:
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
+    except OSError:
+        return b""
+
+
+def _module_file(name: str, python_path: Sequence[str]) -> str | None:
+    """The file of module ``name`` (or of ``/abs/file.py``), found without importing it."""
+    if name.endswith(".py"):
+        return name
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in python_path if p not in sys.path]
+    try:
+        spec = importlib.util.find_spec(name)
+        return spec.origin if spec is not None else None
+    except (ImportError, ValueError):
+        return None
+    finally:
+        sys.path[:] = saved
+
+
+def _definition_source(path: str | None, qualname: str) -> bytes | None:
+    """Source of ``qualname``'s definition in ``path`` (parsed, not imported), as
+    ``inspect.getsource`` gives it for a callable; None where it cannot be found."""
+    if not path or not path.endswith(".py"):
+        return None
+    try:
+        text = Path(path).read_text()
+        body: list[ast.stmt] = ast.parse(text).body
+    except (OSError, SyntaxError, ValueError):
+        return None
+    node: ast.stmt | None = None
+    for part in qualname.split("."):
+        node = next((n for n in body if isinstance(n, _DEFS) and n.name == part), None)
+        if node is None:
+            return None
+        body = node.body  # type: ignore[attr-defined]
+    segment = ast.get_source_segment(text, node) if node is not None else None
+    return segment.encode() if segment else None
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _object_hash(obj: Any, python_path: Sequence[str]) -> bytes:
+    """A callable or class: its source, else its code; a ``module:qualname`` string: the
+    string and its module file's content."""
+    if isinstance(obj, str):
+        module, _, qualname = obj.partition(":")
+        path = _module_file(module, python_path)
+        return obj.encode() + (_definition_source(path, qualname) or _file_hash(path))
+    try:
+        return inspect.getsource(obj).encode()
+    except (OSError, TypeError):
+        code = getattr(obj, "__code__", None)
+        if code is not None:
+            return code.co_code + _bytes_of(repr(code.co_consts))
+        return repr(obj).encode()
+
+
+def action_hash(action: Any, python_path: Sequence[str] = ()) -> bytes:
+    if isinstance(action, PythonCall):
+        return b"py" + _object_hash(action.target, python_path)
+    if isinstance(action, MethodCall):
+        return (b"method" + _object_hash(action.cls, python_path) + action.method.encode()
+                + _bytes_of((action.init_args, dict(action.init_kwargs))))
+    if isinstance(action, ShellCommand):
+        return b"shell" + _bytes_of((action.command, dict(action.outputs), action.stdout))
+    return repr(action).encode()
+
+
+def definition_hash(group: Group, groups: Sequence[Group], python_path: Sequence[str] = ()) -> str:
+    """The group's action and constant arguments (see the module docstring)."""
+    def ref(r: GroupRef) -> tuple[Any, ...]:
+        return ("ref", groups[r.group].name, r.key, r.mode)
+
+    constants = (map_group_refs(group.args, ref), map_group_refs(group.kwargs, ref),
+                 sorted(k for k in group.sweep_params), group.sweep_mode)
+    return _digest(action_hash(group.task.action, python_path), _bytes_of(constants))
+
+
+class Fingerprinter:
+    """Fingerprints of a plan's tasks, from the content hashes of their predecessors.
+    Kept to a couple of microseconds a task: the coordinator calls it per dispatch."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.defs = [definition_hash(g, plan.groups, plan.python_path) for g in plan.groups]
+        self._valued = [any(not isinstance(v, GroupRef) for v in g.sweep_params.values())
+                        for g in plan.groups]
+        self._group_of = plan.group_of.tolist()
+        self._pred_ptr, self._pred = plan.pred_ptr.tolist(), plan.pred.tolist()
+
+    def definition(self, i: int) -> str:
+        return self.defs[self._group_of[i]]
+
+    def of(self, i: int, hashes: Mapping[int, str]) -> str:
+        g = self._group_of[i]
+        preds = self._pred[self._pred_ptr[i]:self._pred_ptr[i + 1]]
+        key = "|".join([self.defs[g], *[hashes.get(p, "?") for p in preds]]).encode()
+        if self._valued[g]:
+            group = self.plan.groups[g]
+            key += b"|" + _member_values(group, i - group.start)
+        return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def _member_values(group: Group, member: int) -> bytes:
+    """The member's concrete sweep values (references to other tasks are inputs)."""
+    one_axis = group.sweep_mode == "zip" or len(group.sweep_shape) <= 1
+    positions = dict.fromkeys(group.sweep_params, member) if one_axis else group.positions(member)
+    values = [(k, v[positions[k]]) for k, v in group.sweep_params.items()
+              if not isinstance(v, GroupRef)]
+    return _bytes_of([(k, v.item() if hasattr(v, "item") else v) for k, v in values])
+
+
+def content_hash(action: Any, stored: tuple[str, Any], value: Any) -> str:
+    """What a result *is*, for the fingerprints of the tasks that read it (the coordinator
+    calls it per completion: the common case, a small Python result, is one pickle and
+    one hash)."""
+    if stored[0] == "inline" and not isinstance(action, ShellCommand):
+        return hashlib.blake2b(_bytes_of(value), digest_size=16).hexdigest()
+    if stored[0] == "file":  # large: by the file's identity (a rerun always differs)
+        try:
+            st = Path(stored[1]).stat()
+            return _digest(b"file", str(stored[1]).encode(), str(st.st_mtime_ns).encode())
+        except OSError:
+            return "missing"
+    if isinstance(action, ShellCommand) and not action.stdout and isinstance(value, dict):
+        return _digest(*(k.encode() + _file_hash(p) for k, p in sorted(value.items())))
+    return _digest(_bytes_of(value))
+
+
+@dataclass
+class Prior:
+    """A task's last journalled state in the earlier run, by name."""
+
+    state: str  # done | failed | dispatched | skipped
+    stored: tuple[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_prior(run: RunDir) -> dict[str, Prior]:
+    """The last state of each task of the earlier run, keyed by task name (ids may shift
+    when the workflow changed). A DISPATCH after a DONE (a rerun that died) wins."""
+    names = _old_names(run.path / "groups.json")
+    prior: dict[str, Prior] = {}
+    states = {Event.DISPATCH: "dispatched", Event.STOPPED: "dispatched", Event.FAIL: "failed",
+              Event.SKIP: "skipped"}
+    for event in read_journal(run.journal):
+        kind = event[0]
+        if kind == Event.DONE:
+            prior[names(event[1])] = Prior("done", event[6], dict(event[7] or {}))
+        elif kind in states:
+            prior[names(event[1])] = Prior(states[kind])
+    return prior
+
+
+def _old_names(path: Path) -> Any:
+    """Id -> name in the earlier run's plan (its groups.json, read before it is rewritten)."""
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, ValueError):
+        groups = []
+    spans = [(g["start"], g["size"], g["name"], g.get("swept", g["size"] != 1)) for g in groups]
+
+    def name(i: int) -> str:
+        for start, size, base, swept in spans:
+            if start <= i < start + size:
+                return f"{base}[{i - start}]" if swept else base
+        return f"#{i}"
+
+    return name
+
+
+@dataclass
+class Decision:
+    """What a resume does: ``reuse`` (id -> stored result), their content ``hashes``,
+    ``reasons`` (id -> why it runs again) and ``candidates`` (id -> prior DONE, reused
+    at run time if its inputs rerun to equal content)."""
+
+    reuse: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    hashes: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    candidates: dict[int, Prior] = field(default_factory=dict)
+
+
+def decide(plan: Plan, prior: Mapping[str, Prior], fp: Fingerprinter,
+           broken: frozenset[int] = frozenset()) -> Decision:
+    """Per task in topological order: reuse it, or say why it runs again."""
+    out = Decision()
+    pred_ptr, pred = plan.pred_ptr.tolist(), plan.pred.tolist()
+    for i in topological(plan):
+        old = prior.get(plan.name(i))
+        rerun = [p for p in pred[pred_ptr[i]:pred_ptr[i + 1]] if p in out.reasons]
+        reason = _reason(plan, i, old, rerun, fp, out.hashes, i in broken)
+        if reason is None:
+            assert old is not None and old.stored is not None
+            out.reuse[i] = old.stored
+            out.hashes[i] = old.extra["h"]
+        else:
+            out.reasons[i] = reason
+            if rerun and old is not None and old.state == "done" \
+                    and old.extra.get("d") == fp.definition(i):
+                out.candidates[i] = old
+    return out
+
+
+def _reason(plan: Plan, i: int, old: Prior | None, rerun: list[int], fp: Fingerprinter,
+            hashes: Mapping[int, str], broken: bool) -> str | None:
+    if old is None or old.state in ("dispatched", "skipped"):
+        return "never finished"
+    if old.state == "failed":
+        return "failed"
+    if "fp" not in old.extra or "h" not in old.extra:
+        return "no fingerprint recorded"
+    if old.extra.get("d") != fp.definition(i):
+        return "definition changed"
+    if rerun:
+        return f"an input changed (upstream {plan.name(rerun[0])} runs again)"
+    if broken or (old.stored and old.stored[0] == "file" and not Path(old.stored[1]).is_file()):
+        return "its result file is missing or unreadable"
+    if fp.of(i, hashes) != old.extra["fp"]:
+        return "definition changed (its parameters or inputs)"
+    return None
+
+
+def topological(plan: Plan) -> list[int]:
+    """Task ids in an order where every predecessor comes first (Kahn)."""
+    pred_ptr, succ_ptr, succ = plan.pred_ptr.tolist(), plan.succ_ptr.tolist(), plan.succ.tolist()
+    waiting = [pred_ptr[i + 1] - pred_ptr[i] for i in range(plan.n)]
+    order = [i for i in range(plan.n) if waiting[i] == 0]
+    for i in order:  # appending while iterating visits each id once
+        for k in range(succ_ptr[i], succ_ptr[i + 1]):
+            s = succ[k]
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                order.append(s)
+    return order
+
+
+def load_needed(plan: Plan, decision: Decision, keep: set[int]) -> tuple[dict[int, Any], set[int]]:
+    """Values of the reused tasks that a task to run, or an output, reads (the others stay
+    on disk: None); and the ids whose stored result could not be loaded."""
+    values: dict[int, Any] = {}
+    broken: set[int] = set()
+    succ_ptr, succ = plan.succ_ptr.tolist(), plan.succ.tolist()
+    for i, stored in decision.reuse.items():
+        needed = i in keep or any(succ[k] not in decision.reuse
+                                  for k in range(succ_ptr[i], succ_ptr[i + 1]))
+        if not needed:
+            values[i] = None
+            continue
+        try:
+            values[i] = load_result(stored)
+        except Exception:  # any unreadable result means: run it again
+            broken.add(i)
+    return values, broken
+
+
+def plan_resume(plan: Plan, run: RunDir, keep: set[int]) -> tuple[Decision, dict[int, Any]]:
+    """Decide, then load what is needed; a result that fails to load reruns its task."""
+    prior = read_prior(run)
+    fp = Fingerprinter(plan)
+    broken: set[int] = set()
+    while True:
+        decision = decide(plan, prior, fp, frozenset(broken))
+        values, bad = load_needed(plan, decision, keep)
+        if not bad:
+            return decision, values
+        broken |= bad
+
+
+def describe(plan: Plan, decision: Decision) -> str:
+    """The dry-run text: what runs again and why, one line per task (grouped when many)."""
+    lines = [f"{len(decision.reuse)} task(s) reused, {len(decision.reasons)} to run again"]
+    for i in sorted(decision.reasons):
+        maybe = " (reused if that input's result comes out the same)" \
+            if i in decision.candidates else ""
+        lines.append(f"  {plan.name(i)}: {decision.reasons[i]}{maybe}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,173 @@
+"""Resume: reuse of completed tasks by fingerprint, reruns with their reasons, torn journals."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import hpcflow as hf
+from hpcflow.cli import main
+from hpcflow.engine.runner import resume_preview
+from hpcflow.store.journal import Event, complete_length, read_journal
+
+pytestmark = pytest.mark.timeout(60)
+
+MODULE = """
+import os
+from pathlib import Path
+
+def _mark(name):
+    with open(Path(os.environ["HF_TEST_LOG"]) / name, "a") as fh:
+        fh.write(name + "\\n")
+
+def a(x):
+    _mark(f"a{x}")
+    return x + 1
+
+def b(values):
+    _mark("b")
+    return sum(values)
+
+def c(total):
+    if os.environ.get("HF_TEST_FAIL_C"):
+        raise ValueError("c refuses")
+    _mark("c")
+    return total * 2
+
+def d(x):
+    _mark(f"d{x}")
+    return -x
+"""
+
+
+def _workflow(module: Path) -> hf.Workflow:
+    mod = str(module)
+    a = hf.task(f"{mod}:a", name="a").sweep({"x": range(4)})
+    b = hf.task(f"{mod}:b", name="b")(a.all())
+    c = hf.task(f"{mod}:c", name="c")(b)
+    d = hf.task(f"{mod}:d", name="d").sweep({"x": range(3)})
+    return hf.workflow("w", outputs={"c": c, "d": d.all()})
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    log.mkdir()
+    monkeypatch.setenv("HF_TEST_LOG", str(log))
+    module = tmp_path / "tasks_mod.py"
+    module.write_text(MODULE)
+    return module, log, tmp_path / "run"
+
+
+def _counts(log: Path) -> dict[str, int]:
+    return {p.name: len(p.read_text().splitlines()) for p in sorted(log.iterdir())}
+
+
+def _edit(module: Path, old: str, new: str) -> None:
+    text = module.read_text()
+    assert old in text
+    module.write_text(text.replace(old, new))
+
+
+def test_resume_after_failure_runs_only_what_did_not_finish(setup, monkeypatch):
+    module, log, run = setup
+    monkeypatch.setenv("HF_TEST_FAIL_C", "1")
+    first = hf.run(_workflow(module), workers=2, run_dir=str(run), check=False)
+    assert first.status == "failed"
+    monkeypatch.delenv("HF_TEST_FAIL_C")
+    result = hf.run(_workflow(module), workers=2, resume=str(run))
+    assert result.outputs == {"c": 20, "d": [0, -1, -2]}
+    assert set(_counts(log).values()) == {1}  # no completed task ran twice
+    assert json.loads((run / "run.json").read_text())["reused"] == 8
+    again = hf.run(_workflow(module), workers=2, resume=str(run))
+    assert again.outputs == result.outputs and set(_counts(log).values()) == {1}
+
+
+def test_edited_task_reruns_with_its_descendants(setup):
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    _edit(module, "return sum(values)", "return sum(values) + 1")
+    plan, decision = resume_preview(_workflow(module), str(run))
+    assert {plan.name(i): r for i, r in decision.reasons.items()} == {
+        "b": "definition changed", "c": "an input changed (upstream b runs again)"}
+    result = hf.run(_workflow(module), workers=2, resume=str(run))
+    assert result.outputs["c"] == 22
+    counts = _counts(log)
+    assert counts["b"] == 2 and counts["c"] == 2
+    assert all(counts[k] == 1 for k in counts if k[0] in "ad")
+
+
+def test_rerun_with_equal_content_reuses_descendants(setup):
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    _edit(module, "return sum(values)", "return sum(values) + 0")
+    result = hf.run(_workflow(module), workers=2, resume=str(run))
+    assert result.outputs["c"] == 20
+    assert _counts(log)["b"] == 2 and _counts(log)["c"] == 1
+    again = hf.run(_workflow(module), workers=2, resume=str(run))  # still reused next time
+    assert again.outputs["c"] == 20 and _counts(log)["c"] == 1 and _counts(log)["b"] == 2
+
+
+def test_dry_run_lists_reasons_and_runs_nothing(setup, monkeypatch, capsys):
+    module, log, run = setup
+    monkeypatch.setenv("HF_TEST_FAIL_C", "1")
+    hf.run(_workflow(module), workers=2, run_dir=str(run), check=False)
+    monkeypatch.delenv("HF_TEST_FAIL_C")
+    spec = module.parent / "wf.py"
+    spec.write_text(textwrap.dedent(f"""
+        import hpcflow as hf
+        mod = {str(module)!r}
+        a = hf.task(mod + ":a", name="a").sweep({{"x": range(4)}})
+        b = hf.task(mod + ":b", name="b")(a.all())
+        c = hf.task(mod + ":c", name="c")(b)
+        d = hf.task(mod + ":d", name="d").sweep({{"x": range(3)}})
+        wf = hf.workflow("w", outputs={{"c": c, "d": d.all()}})
+    """))
+    _edit(module, "return -x", "return -x * 1")
+    before = _counts(log)
+    size = (run / "journal.bin").stat().st_size
+    capsys.readouterr()
+    assert main(["run", f"{spec}:wf", "--resume", str(run), "--dry-run", "--json"]) == 0
+    rerun = json.loads(capsys.readouterr().out)["rerun"]
+    assert rerun == {"c": "failed", "d[0]": "definition changed",
+                     "d[1]": "definition changed", "d[2]": "definition changed"}
+    _edit(module, "return sum(values)", "return sum(values) + 5")
+    assert main(["run", f"{spec}:wf", "--resume", str(run), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "b: definition changed" in text and "c: failed" in text
+    assert _counts(log) == before and (run / "journal.bin").stat().st_size == size
+
+
+def test_torn_journal_is_cut_before_appending(setup):
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    journal = run / "journal.bin"
+    good = journal.stat().st_size
+    with open(journal, "ab") as fh:
+        fh.write(b"\x40\x00\x00\x00\x01\x02\x03\x04partial")  # a frame cut short
+    assert complete_length(journal) == good
+    result = hf.run(_workflow(module), workers=2, resume=str(run))
+    assert result.status == "succeeded" and set(_counts(log).values()) == {1}
+    events = list(read_journal(journal))
+    assert events[-1][0] == Event.END and events[-1][1] == "succeeded"
+    assert sum(1 for e in events if e[0] == Event.RUN) == 2  # the new frames are readable
+
+
+def test_resume_cli_defaults_to_the_recorded_spec(setup, capsys):
+    module, _log, run = setup
+    spec = module.parent / "wf.yaml"
+    spec.write_text(textwrap.dedent("""
+        name: y
+        tasks:
+          - id: one
+            shell: "echo hi > {out}"
+            outputs: {out: one.txt}
+    """))
+    assert main(["run", str(spec), "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run), "--dry-run"]) == 0
+    assert "1 task(s) reused, 0 to run again" in capsys.readouterr().out
+    assert main(["run", "--resume", str(run)]) == 0

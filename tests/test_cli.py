@@ -84,3 +84,12 @@ def test_missing_file_and_unknown_engine(tmp_path):
 def test_python_module_entry_point_and_version(tmp_path):
     done = hpcflow("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("hpcflow ")
+
+
+def test_run_reports_progress_on_stderr_and_quiet_silences_it(tmp_path):
+    done = hpcflow("run", str(EXAMPLE / "workflow.yaml"), cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("[hpcflow]")]
+    assert done.returncode == 0 and lines and "17/17" in lines[-1]
+    assert len(lines) <= 12  # a pipe gets a line per 10% at most, never one per task
+    quiet = hpcflow("run", "-q", str(EXAMPLE / "workflow.yaml"), cwd=tmp_path)
+    assert quiet.returncode == 0 and "[hpcflow]" not in quiet.stderr

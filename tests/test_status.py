@@ -265,3 +265,24 @@ def _wait_for_done_events(runs: Path, count: int, proc: subprocess.Popen) -> Pat
                 return journal.parent
         time.sleep(0.05)
     raise AssertionError("the run did not record its first tasks within 60 s")
+
+
+def test_status_after_a_resume_shows_only_the_new_outcome(tmp_path):
+    import hpcflow as hf
+
+    gate = tmp_path / "allow"
+
+    def picky(x):
+        if not gate.exists():
+            raise RuntimeError("not yet")
+        return x
+
+    tasks = hf.task(picky, name="picky").sweep({"x": range(3)})
+    wf = hf.workflow("resumed", outputs=[tasks.all()])
+    first = hf.run(wf, workers=1, check=False, runs_root=str(tmp_path / "runs"))
+    assert run_status(first.run_dir).counts["failed"] == 3
+    gate.write_text("ok")
+    second = hf.run(wf, workers=1, resume=first.run_dir)
+    assert second.status == "succeeded"
+    after = run_status(first.run_dir)
+    assert after.counts["done"] == 3 and after.counts["failed"] == 0 and not after.failures

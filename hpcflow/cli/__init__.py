@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action="store_true", help="run each Python task in its own "
                    "child process: a task that crashes (segfault) fails alone")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
 
     p = sub.add_parser("graph", help="print the task graph as DOT, Mermaid or SVG")
     p.add_argument("workflow", help=target_help)

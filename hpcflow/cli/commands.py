@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                            isolate=args.isolate),
         resume=_run_folder(args.resume) if args.resume else None, address=args.address,
         deadline=_parsed_deadline(args.deadline),
+        progress=None if args.quiet else _progress_line,
     )
     result = run_workflow(plan, config)
     code = {"succeeded": EXIT_OK, "walltime": EXIT_WALLTIME}.get(result.status, EXIT_FAILED)
@@ -92,6 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return code
     _report(result, args.json)
     return code
+
+
+def _progress_line(total: int) -> object:
+    """The live progress line on stderr (plain periodic lines when it is not a terminal)."""
+    from hpcflow.report.progress import Progress
+
+    return Progress(total, sys.stderr)
 
 
 def _parsed_deadline(value: str | None) -> float | None:

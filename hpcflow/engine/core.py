@@ -63,6 +63,15 @@ class Backend(Protocol):
         """Stop the workers (after the run, or on an interrupt)."""
 
 
+class ProgressSink(Protocol):
+    """What the loop reports progress to (the report layer's ``Progress``); cheap to call
+    on every turn, it rate-limits its own output."""
+
+    def update(self, done: int, running: int, failed: int = 0, skipped: int = 0) -> None: ...
+
+    def close(self, status: str) -> None: ...
+
+
 @dataclass
 class RunOptions:
     keep_going: bool = True
@@ -109,6 +118,7 @@ class Core:
         self.stopping = False
         self._durations = [0.0, 0, 0]
         self.journal = Journal(run.journal, fsync=self.options.fsync)
+        self.progress: ProgressSink | None = None
         self._groups = plan.groups
         self._timeouts = [g.task.timeout for g in plan.groups]
         self._group_of = plan.group_of.tolist()
@@ -159,10 +169,15 @@ class Core:
                 for outcome in self.backend.wait(self._wait_timeout()):
                     self._finish(outcome)
                 self._maybe_flush()
+                if self.progress is not None:
+                    self.progress.update(self.done, len(self.running), len(self.failed),
+                                         len(self.skipped))
             status = self._status()
         finally:
             self.journal.record(Event.END, status, time.time())
             self.journal.close()
+            if self.progress is not None:
+                self.progress.close(status)
         return RunResult(status, self._outputs() if status == "succeeded" else {},
                          str(self.run_dir.path), self.done, self.failed, len(self.skipped),
                          time.time() - start)
@@ -199,8 +214,8 @@ class Core:
     def _wait_timeout(self) -> float | None:
         if self.retry_at:
             return max(0.0, self.retry_at[0][0] - time.monotonic())
-        if self.walltime is not None and self.running:
-            return 1.0  # look at the signal flag and the clock now and then
+        if self.running and (self.walltime is not None or self.progress is not None):
+            return 1.0  # look at the signal flag and the clock, redraw the elapsed time
         return None if self.running else 0.0
 
     def _maybe_flush(self) -> None:

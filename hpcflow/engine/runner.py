@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcflow.engine.core import Backend, Core, RunOptions, RunResult, _output_ids, check_fits
+from hpcflow.engine.core import Backend, Core, ProgressSink, RunOptions, RunResult, _output_ids, check_fits
 from hpcflow.engine.local import LocalBackend, machine_shares
 from hpcflow.engine.walltime import Walltime, allocation_end, watching
 from hpcflow.errors import EngineError
@@ -55,6 +55,9 @@ class EngineConfig:
     """Every Python task in its own child process (sets ``options.isolate``)."""
     deadline: float | None = None
     """Seconds from now until the allocation ends (default: from Slurm; see walltime.py)."""
+    progress: Callable[[int], ProgressSink] | None = None
+    """Makes the progress reporter from the number of tasks (the CLI gives the report
+    layer's live line); None reports nothing."""
 
 
 BackendFactory = Callable[[Plan, RunDir, EngineConfig], tuple[Backend, list[Slot]]]
@@ -128,6 +131,8 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     try:
         with _sigterm_stops():
             core = Core(plan, analysis.priority.tolist(), backend, run, config.options)
+            if config.progress is not None:
+                core.progress = config.progress(plan.n)
             core.seed(values, decision.hashes, decision.candidates)
             with watching(Walltime(allocation_end(config.deadline))) as core.walltime:
                 result = core.run()

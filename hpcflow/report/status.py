@@ -128,6 +128,7 @@ def _apply(view: RunView, event: tuple[Any, ...]) -> None:
         view.last_time = max(view.last_time or end, end)
         if kind == Event.DONE:
             view.state[i] = DONE
+            view.failures.pop(i, None)
             if len(event) > 7 and event[7]:
                 view.extra[i] = dict(event[7])
         else:
@@ -137,6 +138,8 @@ def _apply(view: RunView, event: tuple[Any, ...]) -> None:
         view.state[event[1]] = RETRYING
     elif kind == Event.SKIP:
         view.state[event[1]] = SKIPPED
+    elif kind == Event.STOPPED:  # given up at the allocation's end: runs again on resume
+        view.state[event[1]] = NOT_STARTED
     elif kind == Event.RUN:
         _new_session(view, dict(event[1]))
     elif kind == Event.END:
@@ -144,10 +147,14 @@ def _apply(view: RunView, event: tuple[Any, ...]) -> None:
 
 
 def _new_session(view: RunView, info: dict[str, Any]) -> None:
-    """A (re)start: what was in flight in an earlier session is no longer running."""
+    """A (re)start: what was in flight, failed or skipped in an earlier session is to be
+    decided again by this one (a resume reruns failed tasks and their dependents)."""
     view.sessions.append(info)
     view.ended = None
-    view.state[(view.state == RUNNING) | (view.state == RETRYING)] = NOT_STARTED
+    again = (view.state == RUNNING) | (view.state == RETRYING) | (view.state == FAILED) \
+        | (view.state == SKIPPED)
+    view.state[again] = NOT_STARTED
+    view.failures.clear()
 
 
 def _events(journal: Path, info: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:

@@ -80,10 +80,18 @@ def test_a_single_node_takes_only_the_ranks_the_plan_can_use():
     assert math.isclose(s.chosen.node_hours, 3 / 16 * 100 / 3600)
 
 
-def test_nothing_fits_names_the_numbers_and_proposes_a_chain():
+def test_longer_than_the_partition_allows_runs_as_a_continuation_chain():
+    chain = plan_from_edges(3, [0, 1], [1, 2], time=1000)
+    sizing = sized(chain, profile(max_time="00:30:00"))
+    # makespan 3000 s on any node count -> 3360 s requested: two jobs of the 1800 s maximum
+    assert sizing.chain_jobs == 2 and sizing.time == 1800 and sizing.shape.nodes == 1
+    assert "chain of about 2 jobs of 00:30:00" in sizing.reason
+
+
+def test_nothing_fits_a_deadline_names_the_numbers_and_the_chain():
     chain = plan_from_edges(3, [0, 1], [1, 2], time=1000)
     with pytest.raises(SizingError) as err:
-        sized(chain, profile(max_time="00:30:00"))
+        sized(chain, profile(), deadline=1800)
     # makespan 3000 s on any node count -> 3300 + 60 = 3360 s requested > 1800
     assert err.value.fastest == 3360 and err.value.limit == 1800 and err.value.chain_jobs == 2
     assert "continuation chain of about 2 jobs" in str(err.value) and "00:56:00" in str(err.value)

@@ -85,6 +85,9 @@ class Sizing:
     limit_source: str
     reason: str
     warnings: tuple[str, ...] = ()
+    chain_jobs: int = 1
+    """More than 1: no allocation finishes in time, so the run continues in about this many
+    jobs of ``time`` each, every one resuming where the last stopped (walltime.py)."""
 
     @property
     def shape(self) -> Shape:
@@ -103,7 +106,7 @@ def size(plan: Plan, analysis: Analysis, profile: Profile, over: Overrides | Non
     warnings = _estimate_warnings(plan)
     if not fitting:
         if not (over.nodes and over.time) or candidates[0].makespan is None:
-            raise _nothing_fits(plan, part, candidates, limit, source, profile)
+            return _chain(plan, part, candidates, limit, source, profile, warnings)
         warnings += (f"the run is estimated to need {format_slurm_time(candidates[0].time or 0)}, "
                      f"more than --time {format_slurm_time(over.time)}: it may be stopped",)
         fitting = list(candidates)
@@ -282,6 +285,28 @@ def _reason(chosen: Candidate, candidates: tuple[Candidate, ...], over: Override
             f"whose makespan {margin} {within}")
 
 
+def _chain(plan: Plan, part: Partition, candidates: tuple[Candidate, ...], limit: float | None,
+           source: str, profile: Profile, warnings: tuple[str, ...]) -> Sizing:
+    """When no allocation finishes within the partition's max time: a continuation chain of
+    jobs of that time each, unless a deadline or --time set the limit (a chain cannot meet
+    those) or one task alone is longer than a job."""
+    error = _nothing_fits(plan, part, candidates, limit, source, profile)
+    timed = [c for c in candidates if c.makespan is not None or c.bound is not None]
+    too_long = bool(plan.n) and limit is not None and float(plan.time.max()) > limit
+    if not timed or not source.startswith("partition") or too_long or limit is None:
+        raise error
+
+    def estimate(c: Candidate) -> float:
+        return c.makespan if c.makespan is not None else c.bound or 0.0
+
+    chosen = min(timed, key=lambda c: (estimate(c) * c.shape.nodes, c.shape.nodes))
+    jobs = math.ceil(requested_time(estimate(chosen), profile) / limit)
+    reason = (f"no allocation finishes within {format_slurm_time(limit)} ({source}): the run "
+              f"continues in a chain of about {jobs} jobs of {format_slurm_time(limit)}, each "
+              "resuming where the last stopped; fewest estimated node-hours among the candidates")
+    return Sizing(part, candidates, chosen, limit, limit, source, reason, warnings, jobs)
+
+
 def _nothing_fits(plan: Plan, part: Partition, candidates: tuple[Candidate, ...],
                   limit: float | None, source: str, profile: Profile) -> Exception:
     """The error when no candidate fits: the numbers, and what would (a chain of jobs)."""
@@ -306,8 +331,8 @@ def _nothing_fits(plan: Plan, part: Partition, candidates: tuple[Candidate, ...]
         f"({source}): the fastest, {shape.nodes} node(s) x {shape.ntasks_per_node} ranks, {verb} "
         f"{format_slurm_time(makespan)} and needs --time {format_slurm_time(time)} with the "
         f"safety margin. A continuation chain of about {jobs} jobs of {format_slurm_time(limit)} "
-        "would run it (planned, not implemented yet); for now give it more time (--deadline, "
-        f"--time, a partition with a longer max time) or split the workflow.{lone}",
+        "would run it without the deadline or --time limit; give it more time or split the "
+        f"workflow.{lone}",
         fastest=time, limit=limit, chain_jobs=jobs)
 
 

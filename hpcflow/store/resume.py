@@ -181,7 +181,8 @@ def content_hash(action: Any, stored: tuple[str, Any], value: Any) -> str:
     calls it per completion: the common case, a small Python result, is one pickle and
     one hash)."""
     if stored[0] == "inline" and not isinstance(action, ShellCommand):
-        return hashlib.blake2b(_bytes_of(value), digest_size=16).hexdigest()
+        # the stored value, not ``value``: on Dask/Ray/Spark that is a handle to it
+        return hashlib.blake2b(_bytes_of(stored[1]), digest_size=16).hexdigest()
     if stored[0] == "file":  # large: by the file's identity (a rerun always differs)
         try:
             st = Path(stored[1]).stat()

@@ -9,8 +9,8 @@ Every fenced block of README.md, docs/*.md and examples/README.md is found here:
   or of the files that ``CONTEXTS`` gives for the blocks of files that cannot carry
   such a comment (the generated YAML reference);
 - ``python``: executed as a script in a temporary folder (``HPCFLOW_RUNS`` there too);
-  a block that calls ``engine="mpi"`` runs under ``mpiexec -n 3``; ``PRELUDES`` gives
-  the lines that make a README snippet whole;
+  a block that calls ``engine="mpi"`` runs under ``mpiexec -n 3``; every block must be
+  whole (no names left out);
 - ``sh``: each ``hpcflow ...`` command on the bundled examples (``validate``, ``plan``,
   ``run``, ``graph``, ``status``, ``report``, possibly under ``mpiexec``) runs, in
   document order, in one temporary folder per file where ``examples/`` is a link to the
@@ -82,10 +82,6 @@ CONTEXTS = {
     ("docs/yaml-reference.md", "sweep-demo"): _stub_sweep_demo,
 }
 """(file, workflow name) -> what to put beside the block, for files without test-in marks."""
-
-PRELUDES: dict[tuple[str, str], str] = {}
-"""(file, a line of the block) -> code run before a snippet that leaves names out."""
-
 
 @dataclass(frozen=True)
 class Block:
@@ -222,17 +218,12 @@ def _env(tmp_path: Path, runs: Path | None) -> dict[str, str]:
     return env
 
 
-def _prelude(block: Block) -> str:
-    return "".join(code for (file, line), code in PRELUDES.items()
-                   if file == block.file and line in block.code.splitlines())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=str)
 def test_python_block_runs(block, tmp_path):
     work = _sandbox(tmp_path)
     script = work / "doc_block.py"
-    script.write_text(_prelude(block) + block.code)
+    script.write_text(block.code)
     command = [sys.executable, str(script)]
     if 'engine="mpi"' in block.code:
         if MPIEXEC is None:

@@ -46,6 +46,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="also size one Slurm job for it: candidates, choice and why")
     _sizing_options(p)
 
+    _run_command(sub, target_help)
+
+    p = sub.add_parser("graph", help="print the task graph as DOT, Mermaid or SVG")
+    p.add_argument("workflow", help=target_help)
+    p.add_argument("--format", choices=["dot", "mermaid", "svg"], default="dot")
+    p.add_argument("--instances", action="store_true", help="one node per task instance")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+    run_help = "a run folder (or its name under $HPCFLOW_RUNS / ./hpcflow-runs)"
+    p = sub.add_parser("status", help="task counts, elapsed time and failures of a run, live or not")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    p.add_argument("run", help=run_help)
+    p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
+    _slurm_commands(sub, target_help, run_help)
+    return parser
+
+
+def _run_command(sub: argparse._SubParsersAction, target_help: str) -> None:
+    """``hpcflow run`` and its options: engine, workers, run folder, resume, durability."""
     p = sub.add_parser("run", help="run a workflow (locally, or under mpiexec with --engine mpi)")
     p.add_argument("workflow", nargs="?", help=target_help + " (with --resume: default, the "
                    "run's own spec)")
@@ -73,23 +95,6 @@ def _parser() -> argparse.ArgumentParser:
                    "child process: a task that crashes (segfault) fails alone")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
-
-    p = sub.add_parser("graph", help="print the task graph as DOT, Mermaid or SVG")
-    p.add_argument("workflow", help=target_help)
-    p.add_argument("--format", choices=["dot", "mermaid", "svg"], default="dot")
-    p.add_argument("--instances", action="store_true", help="one node per task instance")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
-
-    run_help = "a run folder (or its name under $HPCFLOW_RUNS / ./hpcflow-runs)"
-    p = sub.add_parser("status", help="task counts, elapsed time and failures of a run, live or not")
-    p.add_argument("run", help=run_help)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
-    p.add_argument("run", help=run_help)
-    p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
-    _slurm_commands(sub, target_help, run_help)
-    return parser
 
 
 def _sizing_options(p: argparse.ArgumentParser) -> None:

@@ -77,12 +77,17 @@ def _parse_slurm_time(text: str, original: str) -> float:
     return float((((days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
-def format_slurm_time(seconds: float) -> str:
-    """``D-HH:MM:SS`` (or ``HH:MM:SS`` under a day), rounded up to whole seconds."""
-    total = math.ceil(seconds)
+def split_seconds(total: int) -> tuple[int, int, int, int]:
+    """``(days, hours, minutes, seconds)`` of a whole number of seconds."""
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
+    return days, hours, minutes, secs
+
+
+def format_slurm_time(seconds: float) -> str:
+    """``D-HH:MM:SS`` (or ``HH:MM:SS`` under a day), rounded up to whole seconds."""
+    days, hours, minutes, secs = split_seconds(math.ceil(seconds))
     clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}-{clock}" if days else clock
 

@@ -45,10 +45,10 @@ class Placement:
 
 
 def span(share: Slot, cores: int, gpus: int, memory: int) -> int:
-    # Fast-path check for one-slot tasks; multi-slot placement uses Placer._pick.
     """Slots of ``share``'s size that one rank needing (cores, gpus, memory) holds.
 
-    Returns 0 when it can never fit (GPUs asked where the share has none)."""
+    Returns 0 when it can never fit (GPUs asked where the share has none). Used for the
+    one-slot fast path; multi-slot placement picks slots with :meth:`Placer._pick`."""
     need = math.ceil(cores / max(share.cores, 1))
     if gpus:
         if not share.gpus:

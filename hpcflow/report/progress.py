@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from hpcflow.model.resources import split_seconds
+
 TERMINAL_INTERVAL = 0.1
 """Seconds between redraws on a terminal (at most ~10 a second)."""
 LOG_INTERVAL = 60.0
@@ -121,10 +123,7 @@ class Progress:
 
 def format_seconds(seconds: float) -> str:
     """``0:01:05``, ``12:00:00``, ``2d 03:04:05``: wall time as people read it."""
-    total = int(max(0.0, seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
+    days, hours, minutes, secs = split_seconds(int(max(0.0, seconds)))
     clock = f"{hours}:{minutes:02d}:{secs:02d}"
     return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}" if days else clock
 

@@ -93,21 +93,32 @@ class Journal:
         self.close()
 
 
-def complete_length(path: str | os.PathLike[str]) -> int:
-    """Bytes of ``path`` up to the end of its last complete, valid frame."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return 0
+def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(end offset, payload)`` of each complete, valid frame; stops at a torn or corrupt one."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)
         start = offset + _HEADER.size
         payload = data[start : start + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
-            break
+            return
         offset = start + length
-    return offset
+        yield offset, payload
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def complete_length(path: str | os.PathLike[str]) -> int:
+    """Bytes of ``path`` up to the end of its last complete, valid frame."""
+    end = 0
+    for end, _ in _frames(_read(path)):  # noqa: B007 (the last one is wanted)
+        pass
+    return end
 
 
 def truncate_torn(path: str | os.PathLike[str]) -> int:
@@ -122,16 +133,5 @@ def truncate_torn(path: str | os.PathLike[str]) -> int:
 
 def read_journal(path: str | os.PathLike[str]) -> Iterator[tuple[Any, ...]]:
     """Every event of every complete frame, in order; a torn or corrupt tail ends the read."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        payload = data[start : start + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            return
+    for _, payload in _frames(_read(path)):
         yield from pickle.loads(payload)
-        offset = start + length

@@ -111,6 +111,26 @@ def test_rerun_with_equal_content_reuses_descendants(setup):
     assert again.outputs["c"] == 20 and _counts(log)["c"] == 1 and _counts(log)["b"] == 2
 
 
+def test_second_resume_reads_each_segment_with_its_own_plan(setup):
+    """A resume whose workflow grew shifts the ids of later tasks; the next resume must
+    still name the first run's events by the first plan (each RUN event carries its
+    groups), so nothing that finished runs again."""
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    grown_a = hf.task(f"{module}:a", name="a").sweep({"x": range(6)})
+    b = hf.task(f"{module}:b", name="b")(grown_a.all())
+    c = hf.task(f"{module}:c", name="c")(b)
+    d = hf.task(f"{module}:d", name="d").sweep({"x": range(3)})
+    grown = hf.workflow("w", outputs={"c": c, "d": d.all()})
+    assert hf.run(grown, workers=2, resume=str(run)).outputs["c"] == 42
+    before = _counts(log)
+    assert before["a4"] == 1 and before["a0"] == 1 and before["d0"] == 1 and before["b"] == 2
+    plan, decision = resume_preview(grown, str(run))
+    assert decision.reasons == {}, {plan.name(i): r for i, r in decision.reasons.items()}
+    assert hf.run(grown, workers=2, resume=str(run)).outputs["d"] == [0, -1, -2]
+    assert _counts(log) == before
+
+
 def test_dry_run_lists_reasons_and_runs_nothing(setup, monkeypatch, capsys):
     module, log, run = setup
     monkeypatch.setenv("HF_TEST_FAIL_C", "1")

@@ -33,7 +33,7 @@ import numpy as np
 from hpcflow.engine.execute import Call, Outcome
 from hpcflow.engine.walltime import Walltime
 from hpcflow.errors import ResourceError, TaskFailed
-from hpcflow.plan.plan import Plan, bind_args
+from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Placer, Slot
 from hpcflow.store.journal import Event, Journal
 from hpcflow.store.resume import Fingerprinter, Prior, content_hash
@@ -43,6 +43,7 @@ FLUSH_EVENTS = 4096
 FLUSH_SECONDS = 0.2
 TARGET_QUEUE_SECONDS = 0.002
 """Queue a worker enough short tasks to cover about this long."""
+_new_call = tuple.__new__  # Call(...) without its Python-level __new__: every field is given
 
 
 class Backend(Protocol):
@@ -124,6 +125,8 @@ class Core:
         self._group_of = plan.group_of.tolist()
         self._needs, self._need_key = _need_table(plan, self._group_of)
         self.fingerprints = Fingerprinter(plan)
+        self._binders = self.fingerprints.binders
+        self._swept = [g.swept for g in plan.groups]
         self.hashes: dict[int, str] = {}  # content hash of each result still held
         self.candidates: dict[int, Prior] = {}  # resume: reused if its inputs come out equal
         self._fp: dict[int, str] = {}  # fingerprint of each running task
@@ -154,9 +157,11 @@ class Core:
     # -- the loop -------------------------------------------------------------------
     def run(self) -> RunResult:
         start = time.time()
+        groups = [[g.name, g.start, g.size, g.swept] for g in self._groups]
         self.journal.record(Event.RUN, {"engine": self.backend.name, "pid": os.getpid(),
                                         "host": socket.gethostname(), "time": start,
-                                        "workers": len(self.placer.slots), "tasks": self.plan.n})
+                                        "workers": len(self.placer.slots), "tasks": self.plan.n,
+                                        "groups": groups, "defs": self.fingerprints.defs})
         status = "stopped"
         try:
             while self._unfinished():
@@ -234,12 +239,13 @@ class Core:
         batch: list[tuple[Call, Placement]] = []
         blocked: list[tuple[float, int]] = []
         placer, ready, needs, key = self.placer, self.ready, self._needs, self._need_key
+        timed = self.walltime is not None and self.walltime.end is not None
         while ready:
             item = heapq.heappop(ready)
             i = item[1]
             if self.candidates and i in self.candidates and self._reuse(i):
                 continue
-            if self.walltime is not None and not self._fits(i):
+            if timed and not self._fits(i):
                 continue
             placement = placer.place(*needs[key[i]])
             if placement is None:
@@ -265,16 +271,17 @@ class Core:
 
     def _call(self, i: int, placement: Placement) -> Call:
         attempt = self.attempts.get(i, 0) if self.attempts else 0
-        group_index = self._group_of[i]
-        group = self._groups[group_index]
+        g = self._group_of[i]
+        group = self._groups[g]
         member = i - group.start
-        args, kwargs = bind_args(group, member, self._groups, self.results)
+        args, kwargs = self._binders[g].bind(member, self.results)
         self.running[i] = (placement, attempt)
         self._fp[i] = self.fingerprints.of(i, self.hashes)
         self.journal.record(Event.DISPATCH, i, attempt, placement.leaders[0], time.time())
         gpus = placement.gpus[0] if self._needs[self._need_key[i]][1] else ()
-        return Call(i, attempt, group_index, group.member_name(member), args, kwargs,
-                    gpus, self._timeouts[group_index], placement.leaders, self.options.isolate)
+        name = f"{group.name}[{member}]" if self._swept[g] else group.name
+        return _new_call(Call, (i, attempt, g, name, args, kwargs, gpus, self._timeouts[g],
+                                placement.leaders, self.options.isolate))
 
     # -- completion -----------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
@@ -289,12 +296,14 @@ class Core:
             self._fail(i, outcome)
 
     def _succeed(self, i: int, outcome: Outcome) -> None:
-        stored = outcome.stored or self.run_dir.store_result(i, outcome.value)
-        group = self._group_of[i]
-        digest = content_hash(self._groups[group].task.action, stored, outcome.value)
+        stored, digest = outcome.stored, outcome.digest
+        if stored is None:  # the backend's workers did not persist it (they all do now)
+            stored = self.run_dir.store_result(i, outcome.value)
+        if digest is None:
+            digest = content_hash(self._groups[self._group_of[i]].task.action, stored,
+                                  outcome.value)
         self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest,
-                                                  "d": self.fingerprints.defs[group]})
+                            outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest})
         self._learn_duration(outcome.end - outcome.start)
         self._complete(i, outcome.value, digest)
 

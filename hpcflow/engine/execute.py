@@ -51,7 +51,8 @@ class Outcome(NamedTuple):
     """What became of a call: ``value`` on success, else ``error`` text and ``log`` path.
 
     ``stored`` is set by a worker that already persisted the result itself (its journal
-    form, ``("inline", value)`` or ``("file", path)``); None lets the coordinator do it."""
+    form, ``("inline", value)`` or ``("file", path)``) and ``digest`` is then its content
+    hash (``engine/results.py``); None lets the coordinator do both."""
 
     id: int
     attempt: int
@@ -63,6 +64,11 @@ class Outcome(NamedTuple):
     error: str | None = None
     log: str | None = None
     stored: tuple[str, Any] | None = None
+    digest: str | None = None
+
+
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__ (a worker's hot path)
+_OK_DEFAULTS = tuple(Outcome._field_defaults[f] for f in Outcome._fields[7:])
 
 
 class TaskError(Exception):
@@ -164,7 +170,8 @@ class Executor:
                 value = self._python(action, call)
         except Exception as exc:  # the task's own failure, reported, never raised
             return self._failure(call, start, exc)
-        return Outcome(call.id, call.attempt, True, value, start, time.time(), self.worker)
+        return _new(Outcome, (call.id, call.attempt, True, value, start, time.time(), self.worker,
+                              *_OK_DEFAULTS))
 
     def _python(self, action: Action, call: Call) -> Any:
         target = self._targets.get(call.group)

@@ -1,8 +1,10 @@
 """The local backend: worker processes on this machine, no MPI needed.
 
 Each worker is a forked process with a duplex pipe. The core hands it batches of
-calls; it runs them one at a time and sends outcomes back in batches (as soon as it has
-nothing more queued), so tiny tasks cost one message per batch, not per task. A worker
+calls; it runs them one at a time, persists each result and takes its content hash
+(``engine/results.py``, as every backend's workers do), and sends outcomes back in
+batches (as soon as it has nothing more queued), so tiny tasks cost one message per
+batch, not per task. A worker
 owns an equal share of the machine: ``cores // workers`` cores, an equal part of the
 given GPU ids and of the memory.
 """
@@ -14,15 +16,18 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 
 import psutil
 
 from hpcflow.engine.execute import Call, Executor, Outcome, kill_tree
+from hpcflow.engine.results import persist
 from hpcflow.errors import EngineError
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Slot
+from hpcflow.store.rundir import RunDir
 
 
 def machine_shares(workers: int, gpus: Sequence[str] = (), memory: int | None = None,
@@ -125,7 +130,8 @@ def _worker_main(conn: Connection, actions: list, run_dir: str, python_path: lis
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
     executor = Executor(actions, run_dir, python_path, worker=index)
-    pending: list[tuple[Call, int]] = []
+    run = RunDir(run_dir)
+    pending: deque[tuple[Call, int]] = deque()
     while True:
         if not pending:
             message = conn.recv()
@@ -134,8 +140,9 @@ def _worker_main(conn: Connection, actions: list, run_dir: str, python_path: lis
             pending.extend(message)
         done: list[Outcome] = []
         while pending:
-            call, ranks = pending.pop(0)
-            done.append(executor.run(call, ranks))
+            call, ranks = pending.popleft()
+            outcome = executor.run(call, ranks)
+            done.append(persist(run, actions[call.group], outcome) if outcome.ok else outcome)
             if not pending and conn.poll():
                 message = conn.recv()
                 if message is None:

@@ -173,23 +173,77 @@ def _pick(value: Any, key: str | None) -> Any:
 def bind_args(group: Group, member: int, groups: Sequence[Group],
               results: Mapping[int, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Substitute results (``results[id]``) for the references of ``member``'s inputs."""
-    def on_ref(ref: GroupRef) -> Any:
-        ids = _ids_of(ref, groups, None)
-        if ref.mode == "all":
-            return [_pick(results[j], ref.key) for j in ids]
-        return _pick(results[ids[0]], ref.key)
+    return Binder(group, groups).bind(member, results)
 
-    args = map_group_refs(group.args, on_ref)
-    kwargs = map_group_refs(group.kwargs, on_ref)
-    if group.swept:
-        positions = group.positions(member)
-        for name, value in group.sweep_params.items():
-            pos = positions[name]
-            if isinstance(value, GroupRef):
-                kwargs[name] = _pick(results[_ids_of(value, groups, pos)[0]], value.key)
+
+class Binder:
+    """:func:`bind_args` for the members of one group, with what does not depend on the
+    member worked out once: the coordinator binds every task it dispatches, so a member
+    of a sweep over constants costs a dict copy and one lookup per swept parameter.
+
+    A member's position along sweep axis k is ``member // stride[k] % size[k]`` (C
+    order, as ``np.unravel_index``; a zip sweep or a single axis has stride 1)."""
+
+    __slots__ = ("_args", "_axes", "_const", "_groups", "_kwargs", "_valued")
+
+    def __init__(self, group: Group, groups: Sequence[Group]) -> None:
+        self._groups = groups
+        self._args, self._kwargs = group.args, group.kwargs
+        self._const = not (_has_refs(group.args) or _has_refs(group.kwargs))
+        names = list(group.sweep_params)
+        one_axis = group.sweep_mode == "zip" or len(names) <= 1
+        shape = (group.size,) * len(names) if one_axis else group.sweep_shape
+        strides = [1] * len(names) if one_axis else [
+            int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(names))]
+        self._axes: list[tuple[str, Any, int, int]] = [
+            (name, group.sweep_params[name], strides[k], max(1, int(shape[k])))
+            for k, name in enumerate(names)]
+        self._valued = sorted((a for a in self._axes if not isinstance(a[1], GroupRef)),
+                              key=lambda a: a[0])
+
+    def bind(self, member: int, results: Mapping[int, Any]
+             ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self._const:
+            args, kwargs = self._args, dict(self._kwargs)
+        else:
+            def on_ref(ref: GroupRef) -> Any:
+                ids = _ids_of(ref, self._groups, None)
+                if ref.mode == "all":
+                    return [_pick(results[j], ref.key) for j in ids]
+                return _pick(results[ids[0]], ref.key)
+
+            args = map_group_refs(self._args, on_ref)
+            kwargs = map_group_refs(self._kwargs, on_ref)
+        for name, values, stride, size in self._axes:
+            pos = member // stride % size
+            if isinstance(values, GroupRef):
+                up = self._groups[values.group].start
+                offset = int(values.index[pos]) if values.index is not None else pos
+                kwargs[name] = _pick(results[up + offset], values.key)
             else:
-                kwargs[name] = _scalar(value[pos])
-    return args, kwargs
+                kwargs[name] = _scalar(values[pos])
+        return args, kwargs
+
+    @property
+    def swept_values(self) -> bool:
+        """Whether the group sweeps over values (not only over other tasks' results)."""
+        return bool(self._valued)
+
+    def values(self, member: int) -> tuple[Any, ...]:
+        """The member's concrete sweep values (not the references), by parameter name."""
+        return tuple(_scalar(values[member // stride % size])
+                     for _, values, stride, size in self._valued)
+
+
+def _has_refs(value: Any) -> bool:
+    found = False
+
+    def seen(ref: GroupRef) -> None:
+        nonlocal found
+        found = True
+
+    map_group_refs(value, seen)
+    return found
 
 
 def _scalar(value: Any) -> Any:

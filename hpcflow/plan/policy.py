@@ -77,6 +77,7 @@ class Placer:
         for slot in self.slots:
             self._nodes.setdefault(slot.node, []).append(slot.index)
         self._open: deque[int] = deque()  # slot ids with room, one entry per free queue place
+        self._single = [Placement((s.index,), (s.index,), (s.gpus,)) for s in self.slots]
         for _ in range(depth):
             self._open.extend(s.index for s in self.slots)
 
@@ -115,7 +116,7 @@ class Placer:
             index = self._open.popleft()
             if self.load[index] < self.depth:
                 self.load[index] += 1
-                return Placement((index,), (index,), (self.slots[index].gpus,))
+                return self._single[index]  # the same for every one-slot task there
         return None
 
     def _place_many(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:

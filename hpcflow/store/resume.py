@@ -14,17 +14,19 @@ A task's *fingerprint* is a hash of what decides its result:
   declared output files by content; a result large enough to live in ``results/`` by
   its file's identity, so that a rerun of it always counts as a change).
 
-Every DONE event carries ``{"fp": fingerprint, "h": content hash, "d": definition hash}``
-in its extra dict. On resume, a task whose last journalled state is DONE is reused when
-its recomputed fingerprint matches (its definition and all its inputs unchanged). A task
-whose definition is unchanged but an input reruns stays a *candidate*: the core computes
-its fingerprint once the inputs are there, and reuses it if the rerun produced equal
-content (see ``Core._reuse``; its earlier DONE stays its journalled state).
+Every DONE event carries ``{"fp": fingerprint, "h": content hash}`` in its extra dict;
+the RUN event before it names each group's definition hash. On resume, a task whose last
+journalled state is DONE is reused when its recomputed fingerprint matches (its
+definition and all its inputs unchanged). A task whose definition is unchanged but an
+input reruns stays a *candidate*: the core computes its fingerprint once the inputs are
+there, and reuses it if the rerun produced equal content (see ``Core._reuse``; its
+earlier DONE stays its journalled state).
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 import importlib.util
 import inspect
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
-from hpcflow.plan.plan import Group, GroupRef, Plan, map_group_refs
+from hpcflow.plan.plan import Binder, Group, GroupRef, Plan, map_group_refs
 from hpcflow.store.journal import Event, read_journal
 from hpcflow.store.rundir import RunDir, load_result
 
@@ -144,13 +146,17 @@ def definition_hash(group: Group, groups: Sequence[Group], python_path: Sequence
 
 class Fingerprinter:
     """Fingerprints of a plan's tasks, from the content hashes of their predecessors.
-    Kept to a couple of microseconds a task: the coordinator calls it per dispatch."""
+    Kept to about a microsecond a task: the coordinator calls it per dispatch. The
+    group's :class:`~hpcflow.plan.plan.Binder` gives a member's sweep values (the core
+    binds arguments with the same binders)."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.defs = [definition_hash(g, plan.groups, plan.python_path) for g in plan.groups]
-        self._valued = [any(not isinstance(v, GroupRef) for v in g.sweep_params.values())
-                        for g in plan.groups]
+        self.binders = [Binder(g, plan.groups) for g in plan.groups]
+        self._prefix = [f"{d}|".encode() for d in self.defs]
+        self._valued = [b.swept_values for b in self.binders]
+        self._starts = [g.start for g in plan.groups]
         self._group_of = plan.group_of.tolist()
         self._pred_ptr, self._pred = plan.pred_ptr.tolist(), plan.pred.tolist()
 
@@ -158,31 +164,25 @@ class Fingerprinter:
         return self.defs[self._group_of[i]]
 
     def of(self, i: int, hashes: Mapping[int, str]) -> str:
+        """``H(definition | predecessors' content hashes | member's sweep values)``."""
         g = self._group_of[i]
-        preds = self._pred[self._pred_ptr[i]:self._pred_ptr[i + 1]]
-        key = "|".join([self.defs[g], *[hashes.get(p, "?") for p in preds]]).encode()
+        key = self._prefix[g]
+        lo, hi = self._pred_ptr[i], self._pred_ptr[i + 1]
+        if hi > lo:
+            key += "|".join([hashes.get(p, "?") for p in self._pred[lo:hi]]).encode()
         if self._valued[g]:
-            group = self.plan.groups[g]
-            key += b"|" + _member_values(group, i - group.start)
+            key += b"\0" + _bytes_of(self.binders[g].values(i - self._starts[g]))
         return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def _member_values(group: Group, member: int) -> bytes:
-    """The member's concrete sweep values (references to other tasks are inputs)."""
-    one_axis = group.sweep_mode == "zip" or len(group.sweep_shape) <= 1
-    positions = dict.fromkeys(group.sweep_params, member) if one_axis else group.positions(member)
-    values = [(k, v[positions[k]]) for k, v in group.sweep_params.items()
-              if not isinstance(v, GroupRef)]
-    return _bytes_of([(k, v.item() if hasattr(v, "item") else v) for k, v in values])
-
-
-def content_hash(action: Any, stored: tuple[str, Any], value: Any) -> str:
-    """What a result *is*, for the fingerprints of the tasks that read it (the coordinator
-    calls it per completion: the common case, a small Python result, is one pickle and
-    one hash)."""
+def content_hash(action: Any, stored: tuple[str, Any], value: Any,
+                 pickled: tuple[bytes, list[pickle.PickleBuffer]] | None = None) -> str:
+    """What a result *is*, for the fingerprints of the tasks that read it. Workers take
+    it where they persist the result (``engine/results.py``, passing the protocol-5
+    pickle they made to size it); the coordinator only when a backend did not."""
     if stored[0] == "inline" and not isinstance(action, ShellCommand):
         # the stored value, not ``value``: on Dask/Ray/Spark that is a handle to it
-        return hashlib.blake2b(_bytes_of(stored[1]), digest_size=16).hexdigest()
+        return pickle_digest(*(pickled or _pickle5(stored[1])))
     if stored[0] == "file":  # large: by the file's identity (a rerun always differs)
         try:
             st = Path(stored[1]).stat()
@@ -192,6 +192,22 @@ def content_hash(action: Any, stored: tuple[str, Any], value: Any) -> str:
     if isinstance(action, ShellCommand) and not action.stdout and isinstance(value, dict):
         return _digest(*(k.encode() + _file_hash(p) for k, p in sorted(value.items())))
     return _digest(_bytes_of(value))
+
+
+def pickle_digest(data: bytes, buffers: Sequence[pickle.PickleBuffer] = ()) -> str:
+    """The hash of a protocol-5 pickle and its out-of-band buffers."""
+    h = hashlib.blake2b(data, digest_size=16)
+    for buffer in buffers:
+        h.update(buffer.raw())
+    return h.hexdigest()
+
+
+def _pickle5(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
+    except Exception:  # not picklable here (the worker pickled it): its repr
+        return repr(value).encode(), []
 
 
 @dataclass
@@ -205,35 +221,57 @@ class Prior:
 
 def read_prior(run: RunDir) -> dict[str, Prior]:
     """The last state of each task of the earlier run, keyed by task name (ids may shift
-    when the workflow changed). A DISPATCH after a DONE (a rerun that died) wins."""
-    names = _old_names(run.path / "groups.json")
+    when the workflow changed). A DISPATCH after a DONE (a rerun that died) wins.
+
+    Each RUN event (a run or a resume) names its plan's groups and their definition
+    hashes, so the events that follow it are read with that plan's names; a journal
+    written before RUN events carried them is read with groups.json and the
+    definition hash in each DONE."""
+    names = _Names.from_file(run.path / "groups.json")
     prior: dict[str, Prior] = {}
     states = {Event.DISPATCH: "dispatched", Event.STOPPED: "dispatched", Event.FAIL: "failed",
               Event.SKIP: "skipped"}
     for event in read_journal(run.journal):
         kind = event[0]
-        if kind == Event.DONE:
-            prior[names(event[1])] = Prior("done", event[6], dict(event[7] or {}))
+        if kind == Event.RUN and isinstance(event[1], dict) and "groups" in event[1]:
+            names = _Names(event[1]["groups"], event[1].get("defs"))
+        elif kind == Event.DONE:
+            name, definition = names(event[1])
+            extra = dict(event[7] or {})
+            if definition is not None:
+                extra.setdefault("d", definition)
+            prior[name] = Prior("done", event[6], extra)
         elif kind in states:
-            prior[names(event[1])] = Prior(states[kind])
+            prior[names(event[1])[0]] = Prior(states[kind])
     return prior
 
 
-def _old_names(path: Path) -> Any:
-    """Id -> name in the earlier run's plan (its groups.json, read before it is rewritten)."""
-    try:
-        groups = json.loads(path.read_text())
-    except (OSError, ValueError):
-        groups = []
-    spans = [(g["start"], g["size"], g["name"], g.get("swept", g["size"] != 1)) for g in groups]
+class _Names:
+    """Id -> (task name, definition hash or None) in one run segment's plan, from its
+    groups as ``[name, start, size, swept]`` (bisect over the first ids)."""
 
-    def name(i: int) -> str:
-        for start, size, base, swept in spans:
-            if start <= i < start + size:
-                return f"{base}[{i - start}]" if swept else base
-        return f"#{i}"
+    def __init__(self, groups: Sequence[Sequence[Any]], defs: Sequence[str] | None = None) -> None:
+        spans = [(int(g[1]), int(g[2]), str(g[0]), bool(g[3]), defs[k] if defs else None)
+                 for k, g in enumerate(groups) if int(g[2]) > 0]
+        spans.sort(key=lambda span: span[0])
+        self._spans = spans
+        self._starts = [span[0] for span in spans]
 
-    return name
+    @classmethod
+    def from_file(cls, path: Path) -> _Names:
+        try:
+            groups = json.loads(path.read_text())
+        except (OSError, ValueError):
+            groups = []
+        return cls([(g["name"], g["start"], g["size"], g.get("swept", g["size"] != 1))
+                    for g in groups])
+
+    def __call__(self, i: int) -> tuple[str, str | None]:
+        k = bisect.bisect_right(self._starts, i) - 1
+        if k < 0 or i >= self._starts[k] + self._spans[k][1]:
+            return f"#{i}", None
+        start, _, base, swept, definition = self._spans[k]
+        return (f"{base}[{i - start}]" if swept else base), definition
 
 
 @dataclass

@@ -13,7 +13,7 @@ call. The workflow's outputs are the exception: the core hands them to the calle
 they are reported as values.
 
 **Durability.** The worker persists a result before it reports (:func:`run_call`, with
-the MPI workers' ``store_result``): a small one travels inline in the Outcome's
+``engine/results.py``, as the MPI workers do): a small one travels inline in the Outcome's
 ``stored`` field, a large one is written to ``results/<id>.pkl`` aside and renamed, and
 ``stored`` names the file. The coordinator only journals ``stored``, so a result counts
 once the journal has it, whatever the framework does with its copy.
@@ -41,7 +41,7 @@ from typing import Any
 import cloudpickle
 
 from hpcflow.engine.execute import Call, Executor, Outcome
-from hpcflow.engine.mpi.results import store_result
+from hpcflow.engine.results import persist
 from hpcflow.errors import EngineError
 from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
 from hpcflow.plan.plan import Plan
@@ -217,12 +217,10 @@ def run_call(executor: Executor, run: RunDir, call: Call, ranks: int,
     outcome = executor.run(call, ranks)
     if not outcome.ok:
         return outcome, None
-    try:
-        stored = store_result(run, call.id, outcome.value)
-    except Exception as exc:  # the journal keeps results with pickle: say so
-        error = f"its result ({type(outcome.value).__name__}) cannot be stored: {exc}"
-        return outcome._replace(ok=False, value=None, error=error), None
-    return outcome._replace(value=None, stored=stored), outcome.value
+    outcome = persist(run, executor.actions[call.group], outcome)
+    if not outcome.ok:
+        return outcome, None
+    return outcome._replace(value=None), outcome.value
 
 
 # -- on the coordinator ---------------------------------------------------------------

@@ -14,9 +14,10 @@ ranks only) and pass it as the keyword argument ``comm`` when the function has a
 parameter of that name; task-rank 0's return value is the task's result.
 
 Results larger than the journal's inline limit are written by this worker to
-``results/<id>.pkl`` before the outcome leaves, which then names the file
-(``results.py``); the value itself travels to rank 0 out of band (``channel.py``) for
-the tasks that read it. Smaller results travel inline.
+``results/<id>.pkl`` before the outcome leaves, which then names the file; the value
+itself travels to rank 0 out of band (``channel.py``) for the tasks that read it.
+Smaller results travel inline. Either way the worker takes the result's content hash
+(``engine/results.py``), so rank 0 neither pickles nor hashes results.
 
 SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) interrupt a running task,
 which is reported as failed; from then on the worker starts nothing new (a call that
@@ -36,7 +37,6 @@ from mpi4py import MPI
 
 from hpcflow.engine.execute import Call, Executor, Outcome, resolve_target
 from hpcflow.engine.mpi.channel import Channel
-from hpcflow.engine.mpi.results import store_result
 from hpcflow.engine.mpi.wire import (
     BYE,
     CALLS,
@@ -46,6 +46,7 @@ from hpcflow.engine.mpi.wire import (
     Interrupted,
     read_call,
 )
+from hpcflow.engine.results import persist
 from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
 from hpcflow.store.rundir import RunDir
 
@@ -132,12 +133,7 @@ class Worker:
         if task_rank:
             outcome = outcome._replace(value=None)  # task-rank 0's value is the result
         elif outcome.ok:
-            try:
-                outcome = outcome._replace(stored=store_result(self.run_dir, call.id,
-                                                               outcome.value))
-            except Exception as exc:  # the journal keeps results with pickle: say so
-                error = f"its result ({type(outcome.value).__name__}) cannot be stored: {exc}"
-                outcome = outcome._replace(ok=False, value=None, error=error)
+            outcome = persist(self.run_dir, self.actions[call.group], outcome)
         self.done.append(tuple(outcome))
 
     def _run(self, call: Call, ranks: int, task_rank: int) -> Outcome:

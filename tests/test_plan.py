@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import importlib
+import itertools
 import json
 from itertools import pairwise
 
@@ -290,16 +291,18 @@ def test_random_dags_match_networkx(path: str, dag: tuple) -> None:
 
 def _reference_list_schedule(plan: Plan, priority: np.ndarray, workers: int) -> list[float]:
     """The textbook list schedule on identical one-task workers: at each event time, the
-    ready tasks of highest priority (lowest id on ties) take the free workers."""
+    ready tasks of highest priority (the first to become ready on ties; sources in id
+    order) take the free workers."""
     indeg = np.diff(plan.pred_ptr).tolist()
-    ready = [(-priority[i], i) for i in range(plan.n) if indeg[i] == 0]
+    seq = itertools.count()
+    ready = [(-priority[i], next(seq), i) for i in range(plan.n) if indeg[i] == 0]
     heapq.heapify(ready)
     running: list[tuple[float, int]] = []
     start = [0.0] * plan.n
     now = 0.0
     while ready or running:
         while ready and len(running) < workers:
-            i = heapq.heappop(ready)[1]
+            i = heapq.heappop(ready)[2]
             start[i] = now
             heapq.heappush(running, (now + plan.time[i], i))
         now = running[0][0]
@@ -308,7 +311,7 @@ def _reference_list_schedule(plan: Plan, priority: np.ndarray, workers: int) -> 
             for s in plan.successors(i).tolist():
                 indeg[s] -= 1
                 if indeg[s] == 0:
-                    heapq.heappush(ready, (-priority[s], s))
+                    heapq.heappush(ready, (-priority[s], next(seq), s))
     return start
 
 
@@ -327,12 +330,14 @@ def test_random_dags_simulate_as_a_list_schedule(dag: tuple, workers: int) -> No
 
 def _reference_set_aside(plan: Plan, priority: np.ndarray, slots: list[Slot], depth: int,
                          limit: int) -> list[float]:
-    """The engine's rule as engine/core.py states it: one ready heap popped in priority
-    order; a task that does not fit is set aside, until the placer is full or ``limit``
-    tasks are set aside; those go back on the heap for the round after the next event."""
+    """The engine's rule as engine/core.py states it: ready tasks popped in priority
+    order (the first to become ready on ties); a task that does not fit is set aside,
+    until the placer is full or ``limit`` tasks are set aside; those go back, keeping
+    their place, for the round after the next event."""
     placer = Placer(slots, depth)
     indeg = np.diff(plan.pred_ptr).tolist()
-    ready = [(-priority[i], i) for i in range(plan.n) if indeg[i] == 0]
+    seq = itertools.count()
+    ready = [(-priority[i], next(seq), i) for i in range(plan.n) if indeg[i] == 0]
     heapq.heapify(ready)
     events: list[tuple[float, int]] = []
     start, held, slot_free = [0.0] * plan.n, [None] * plan.n, [0.0] * len(slots)
@@ -341,7 +346,7 @@ def _reference_set_aside(plan: Plan, priority: np.ndarray, slots: list[Slot], de
         aside = []
         while ready:
             item = heapq.heappop(ready)
-            i = item[1]
+            i = item[2]
             got = placer.place(int(plan.cores[i]), int(plan.gpus[i]), int(plan.memory[i]),
                                int(plan.ranks[i]))
             if got is None:
@@ -366,7 +371,7 @@ def _reference_set_aside(plan: Plan, priority: np.ndarray, slots: list[Slot], de
             for s in plan.successors(i).tolist():
                 indeg[s] -= 1
                 if indeg[s] == 0:
-                    heapq.heappush(ready, (-priority[s], s))
+                    heapq.heappush(ready, (-priority[s], next(seq), s))
 
 
 @settings(max_examples=150, deadline=None)

@@ -5,7 +5,8 @@ a few short methods that :meth:`Core.run` calls:
 
 - ``waiting``: for each task, how many of its predecessors have not finished (a list of
   ints: a completion decrements its successors, O(1) per edge, never a scan);
-- ``ready``: a heap of ``(-priority, id)``: longest remaining path first;
+- ``ready``: a :class:`~hpcflow.plan.ready.ReadyQueue` keyed by ``-priority``: longest
+  remaining path first, first come first served among equals;
 - ``running``: id -> (placement, attempt) for tasks out on workers;
 - ``results``: id -> value, dropped once every successor has finished with it;
 - ``retry_at``: a heap of ``(time, id, attempt)`` for failed tasks waiting to retry;
@@ -35,6 +36,7 @@ from hpcflow.engine.walltime import Walltime
 from hpcflow.errors import ResourceError, TaskFailed
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Placer, Slot
+from hpcflow.plan.ready import ReadyQueue
 from hpcflow.store.journal import Event, Journal
 from hpcflow.store.resume import Fingerprinter, Prior, content_hash
 from hpcflow.store.rundir import RunDir, load_result
@@ -44,6 +46,7 @@ FLUSH_SECONDS = 0.2
 TARGET_QUEUE_SECONDS = 0.002
 """Queue a worker enough short tasks to cover about this long."""
 _new_call = tuple.__new__  # Call(...) without its Python-level __new__: every field is given
+_LEARN_AT = frozenset((16, 64, 256))
 
 
 class Backend(Protocol):
@@ -108,7 +111,7 @@ class Core:
         self.waiting = [self.pred_ptr[i + 1] - self.pred_ptr[i] for i in range(plan.n)]
         self.readers = [self.succ_ptr[i + 1] - self.succ_ptr[i] for i in range(plan.n)]
         self.keep = set(_output_ids(plan))
-        self.ready: list[tuple[float, int]] = []
+        self.ready = ReadyQueue()
         self.running: dict[int, tuple[Placement, int]] = {}
         self.results: dict[int, Any] = {}
         self.retry_at: list[tuple[float, int, int]] = []
@@ -119,11 +122,13 @@ class Core:
         self.stopping = False
         self._durations = [0.0, 0, 0]
         self.journal = Journal(run.journal, fsync=self.options.fsync)
+        self._append = self.journal.append
         self.progress: ProgressSink | None = None
         self._groups = plan.groups
         self._timeouts = [g.task.timeout for g in plan.groups]
         self._group_of = plan.group_of.tolist()
         self._needs, self._need_key = _need_table(plan, self._group_of)
+        self._one_slot = [self.placer.one_slot(*need) for need in self._needs]
         self.fingerprints = Fingerprinter(plan)
         self._binders = self.fingerprints.binders
         self._swept = [g.swept for g in plan.groups]
@@ -147,12 +152,10 @@ class Core:
             self._complete_edges(i)
             self.done += 1
         done = set(completed or ())
-        self.ready = [item for item in self.ready if item[1] not in done]  # pushed by edges
-        heapq.heapify(self.ready)
-        queued = {i for _, i in self.ready}
+        self.ready = ReadyQueue()  # rebuilt in id order: what the edges pushed is in it again
         for i in range(self.plan.n):
-            if self.waiting[i] == 0 and i not in done and i not in queued:
-                heapq.heappush(self.ready, (-self.priority[i], i))
+            if self.waiting[i] == 0 and i not in done:
+                self.ready.push(-self.priority[i], i)
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -235,27 +238,27 @@ class Core:
         now = time.monotonic()
         while self.retry_at and self.retry_at[0][0] <= now:
             _, i, _ = heapq.heappop(self.retry_at)
-            heapq.heappush(self.ready, (-self.priority[i], i))
+            self.ready.push(-self.priority[i], i)
         batch: list[tuple[Call, Placement]] = []
         blocked: list[tuple[float, int]] = []
-        placer, ready, needs, key = self.placer, self.ready, self._needs, self._need_key
+        placer, ready, needs, key, one = self.placer, self.ready, self._needs, self._need_key, self._one_slot
         timed = self.walltime is not None and self.walltime.end is not None
         while ready:
-            item = heapq.heappop(ready)
+            item = ready.pop()
             i = item[1]
             if self.candidates and i in self.candidates and self._reuse(i):
                 continue
             if timed and not self._fits(i):
                 continue
-            placement = placer.place(*needs[key[i]])
+            placement = placer.place_one() if one[key[i]] else placer.place(*needs[key[i]])
             if placement is None:
                 blocked.append(item)
                 if placer.full or len(blocked) >= 64:
                     break
                 continue
             batch.append((self._call(i, placement), placement))
-        for item in blocked:
-            heapq.heappush(self.ready, item)
+        if blocked:
+            ready.unpop(blocked)
         if batch:
             self.journal.flush()  # a DISPATCH is on disk before its call leaves
             self.backend.submit(batch)
@@ -274,10 +277,11 @@ class Core:
         g = self._group_of[i]
         group = self._groups[g]
         member = i - group.start
-        args, kwargs = self._binders[g].bind(member, self.results)
+        binder = self._binders[g]
+        args, kwargs = binder.bind(member, self.results)
         self.running[i] = (placement, attempt)
-        self._fp[i] = self.fingerprints.of(i, self.hashes)
-        self.journal.record(Event.DISPATCH, i, attempt, placement.leaders[0], time.time())
+        self._fp[i] = self.fingerprints.of(i, self.hashes, binder.values_in(kwargs))
+        self._append((Event.DISPATCH, i, attempt, placement.leaders[0], time.time()))
         gpus = placement.gpus[0] if self._needs[self._need_key[i]][1] else ()
         name = f"{group.name}[{member}]" if self._swept[g] else group.name
         return _new_call(Call, (i, attempt, g, name, args, kwargs, gpus, self._timeouts[g],
@@ -302,9 +306,14 @@ class Core:
         if digest is None:
             digest = content_hash(self._groups[self._group_of[i]].task.action, stored,
                                   outcome.value)
-        self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest})
-        self._learn_duration(outcome.end - outcome.start)
+        self._append((Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
+                      outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest}))
+        durations = self._durations  # [seconds in this window, tasks in it, tasks in all]
+        durations[0] += outcome.end - outcome.start
+        durations[1] += 1
+        durations[2] += 1
+        if durations[2] in _LEARN_AT or not durations[2] & 1023:
+            self._learn_depth()
         self._complete(i, outcome.value, digest)
 
     def _complete(self, i: int, value: Any, digest: str) -> None:
@@ -312,10 +321,11 @@ class Core:
         self.results[i] = value
         self.hashes[i] = digest
         self.done += 1
+        readers, pred = self.readers, self.pred
         for k in range(self.pred_ptr[i], self.pred_ptr[i + 1]):
-            p = self.pred[k]
-            self.readers[p] -= 1
-            if self.readers[p] == 0 and p not in self.keep:
+            p = pred[k]
+            readers[p] -= 1
+            if readers[p] == 0 and p not in self.keep:
                 self.results.pop(p, None)
                 self.hashes.pop(p, None)
         self._complete_edges(i)
@@ -340,7 +350,7 @@ class Core:
             s = succ[k]
             waiting[s] -= 1
             if waiting[s] == 0 and s not in self.skipped:
-                heapq.heappush(ready, (-priority[s], s))
+                ready.push(-priority[s], s)
 
     def _fail(self, i: int, outcome: Outcome) -> None:
         group = self.plan.group(i)
@@ -369,20 +379,15 @@ class Core:
                     self.journal.record(Event.SKIP, s, root)
                     stack.append(s)
 
-    def _learn_duration(self, seconds: float) -> None:
+    def _learn_depth(self) -> None:
         """Queue depth from the mean duration of the tasks finished since the last update
-        (at 16, 64 and 256 completions, then every 1024): first calls that import or warm
-        caches weigh only on the first estimates."""
-        durations = self._durations  # [seconds in this window, tasks in it, tasks in all]
-        durations[0] += seconds
-        durations[1] += 1
-        durations[2] += 1
-        count = durations[2]
-        if count in (16, 64, 256) or count % 1024 == 0:
-            mean = durations[0] / durations[1]
-            durations[0], durations[1] = 0.0, 0
-            depth = int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth
-            self.placer.set_depth(max(1, min(self.options.max_depth, depth)))
+        (at 16, 64 and 256 completions, then every 1024; ``_succeed`` counts them): first
+        calls that import or warm caches weigh only on the first estimates."""
+        durations = self._durations
+        mean = durations[0] / durations[1]
+        durations[0], durations[1] = 0.0, 0
+        depth = int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth
+        self.placer.set_depth(max(1, min(self.options.max_depth, depth)))
 
     def _outputs(self) -> dict[str, Any]:
         outputs: dict[str, Any] = {}

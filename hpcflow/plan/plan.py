@@ -184,7 +184,7 @@ class Binder:
     A member's position along sweep axis k is ``member // stride[k] % size[k]`` (C
     order, as ``np.unravel_index``; a zip sweep or a single axis has stride 1)."""
 
-    __slots__ = ("_args", "_axes", "_const", "_groups", "_kwargs", "_valued")
+    __slots__ = ("_args", "_axes", "_const", "_groups", "_kwargs", "_names", "_valued")
 
     def __init__(self, group: Group, groups: Sequence[Group]) -> None:
         self._groups = groups
@@ -200,6 +200,7 @@ class Binder:
             for k, name in enumerate(names)]
         self._valued = sorted((a for a in self._axes if not isinstance(a[1], GroupRef)),
                               key=lambda a: a[0])
+        self._names = tuple(a[0] for a in self._valued)
 
     def bind(self, member: int, results: Mapping[int, Any]
              ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -233,6 +234,13 @@ class Binder:
         """The member's concrete sweep values (not the references), by parameter name."""
         return tuple(_scalar(values[member // stride % size])
                      for _, values, stride, size in self._valued)
+
+    def values_in(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+        """:meth:`values` read from the keyword arguments that :meth:`bind` made."""
+        names = self._names
+        if len(names) == 1:
+            return (kwargs[names[0]],)
+        return tuple(kwargs[name] for name in names)
 
 
 def _has_refs(value: Any) -> bool:

@@ -106,12 +106,17 @@ class Placer:
 
     def place(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
         """Slots for a task now, or None if it must wait."""
-        first = self.slots[0]
-        if ranks == 1 and not gpus and span(first, cores, 0, memory) == 1:
-            return self._place_one()
+        if self.one_slot(cores, gpus, memory, ranks):
+            return self.place_one()
         return self._place_many(cores, gpus, memory, ranks)
 
-    def _place_one(self) -> Placement | None:
+    def one_slot(self, cores: int, gpus: int, memory: int, ranks: int) -> bool:
+        """Whether such a task takes one slot (:meth:`place_one`); the engine asks once
+        per distinct need."""
+        return ranks == 1 and not gpus and span(self.slots[0], cores, 0, memory) == 1
+
+    def place_one(self) -> Placement | None:
+        """:meth:`place` for a task that takes one slot (see :meth:`one_slot`)."""
         while self._open:
             index = self._open.popleft()
             if self.load[index] < self.depth:

@@ -6,18 +6,21 @@ measure, and so that candidate allocations (node counts for a Slurm request) can
 compared by simulating each:
 
 1. A task becomes ready when its last predecessor finishes (in-degree counters).
-2. Ready tasks are popped from one heap keyed by ``(-priority, id)``
-   (:attr:`Analysis.priority`, the bottom level: longest remaining path first).
+2. Ready tasks are popped from the engine's own :class:`~hpcflow.plan.ready.ReadyQueue`
+   keyed by ``-priority`` (:attr:`Analysis.priority`, the bottom level: longest
+   remaining path first; first come first served among equals).
 3. :class:`~hpcflow.plan.policy.Placer` (the engine's own object) decides whether a
    task fits now and on which slots. A task that does not fit is set aside and the next
    one is tried; the round ends when the placer is full or :data:`MAX_SET_ASIDE` tasks
-   are set aside, and those go back on the heap (``engine/core.py``'s ``_dispatch``).
+   are set aside, and those go back ahead of their equals (``engine/core.py``'s
+   ``_dispatch``).
 4. Completions that happen at the same instant are all released before the next round.
 5. With ``depth > 1`` a one-slot task may be queued behind the task running on its
    slot; it starts when that slot's earlier tasks finish.
 
 Each task is pushed and popped O(1) times plus at most :data:`MAX_SET_ASIDE` set-asides
-per round, and each edge is counted down once: O((n + E) log n). The state is kept in
+per round, and each edge is counted down once: O((n + E) log p) for p distinct
+priorities. The state is kept in
 Python lists (not numpy scalars), which is what makes the constant small.
 """
 
@@ -34,6 +37,7 @@ from hpcflow.model.resources import format_memory
 from hpcflow.plan.analyse import Analysis
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Placer, Slot
+from hpcflow.plan.ready import ReadyQueue
 
 MAX_SET_ASIDE = 64
 """A dispatch round ends after setting aside this many tasks that do not fit (as the
@@ -89,8 +93,8 @@ class _Simulation:
         self.slot_free = [0.0] * len(slots)
         self.placements: list[Placement | None] = [None] * self.n
         self.events: list[tuple[float, int]] = []
-        self.ready = [(self.priority[i], i) for i in np.flatnonzero(np.diff(plan.pred_ptr) == 0).tolist()]
-        heapq.heapify(self.ready)
+        self.ready = ReadyQueue((self.priority[i], i)
+                                for i in np.flatnonzero(np.diff(plan.pred_ptr) == 0).tolist())
 
     def _check_fits(self, need_of: np.ndarray) -> None:
         for k, (cores, gpus, memory, ranks) in enumerate(self.need):
@@ -121,21 +125,21 @@ class _Simulation:
         """Task ``i`` finished: free its slots, count down its successors."""
         self.placer.release(self.placements[i])  # type: ignore[arg-type]
         self.placements[i] = None
-        indeg, ready, priority, push = self.indeg, self.ready, self.priority, heapq.heappush
+        indeg, priority, push = self.indeg, self.priority, self.ready.push
         for s in self.succ[self.succ_ptr[i] : self.succ_ptr[i + 1]]:
             indeg[s] -= 1
             if not indeg[s]:
-                push(ready, (priority[s], s))
+                push(priority[s], s)
 
     def _dispatch(self, now: float) -> None:
         """One round of the engine's dispatch (rule 3 of the module doc); a task placed
         starts now, or on a busy slot (``depth > 1``) when that slot's queue drains."""
         ready, placer, slot_free, dur = self.ready, self.placer, self.slot_free, self.time
         need, need_of, place = self.need, self.need_of, placer.place
-        pop, push, events = heapq.heappop, heapq.heappush, self.events
+        push, events = heapq.heappush, self.events
         aside: list[tuple[float, int]] = []
         while ready:
-            item = pop(ready)
+            item = ready.pop()
             i = item[1]
             placement = place(*need[need_of[i]])
             if placement is None:
@@ -151,8 +155,8 @@ class _Simulation:
             self.start[i], self.finish[i], self.slot[i] = begin, end, leader
             self.placements[i] = placement
             push(events, (end, i))
-        for item in aside:
-            push(ready, item)
+        if aside:
+            ready.unpop(aside)
 
 
 def _shapes(plan: Plan) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:

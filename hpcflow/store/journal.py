@@ -56,6 +56,8 @@ class Journal:
         self.path = Path(path)
         self.fsync = fsync
         self._buffer: list[tuple[Any, ...]] = []
+        self.append = self._buffer.append
+        """``append(event_tuple)``: :meth:`record` without building the tuple (hot paths)."""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.last_flush = time.monotonic()
 

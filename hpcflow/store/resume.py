@@ -163,15 +163,18 @@ class Fingerprinter:
     def definition(self, i: int) -> str:
         return self.defs[self._group_of[i]]
 
-    def of(self, i: int, hashes: Mapping[int, str]) -> str:
-        """``H(definition | predecessors' content hashes | member's sweep values)``."""
+    def of(self, i: int, hashes: Mapping[int, str], values: tuple[Any, ...] | None = None) -> str:
+        """``H(definition | predecessors' content hashes | member's sweep values)``;
+        ``values`` when the caller has them already (``Binder.values_in``)."""
         g = self._group_of[i]
         key = self._prefix[g]
         lo, hi = self._pred_ptr[i], self._pred_ptr[i + 1]
         if hi > lo:
             key += "|".join([hashes.get(p, "?") for p in self._pred[lo:hi]]).encode()
         if self._valued[g]:
-            key += b"\0" + _bytes_of(self.binders[g].values(i - self._starts[g]))
+            if values is None:
+                values = self.binders[g].values(i - self._starts[g])
+            key += b"\0" + _bytes_of(values)
         return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 

@@ -16,7 +16,9 @@ A backend only *places* calls on workers and *reports* outcomes (:class:`Backend
 where a task goes is decided by the shared :class:`~hpcflow.plan.policy.Placer`. Every
 event is journalled by the coordinator alone, in batches (see ``store/journal.py``).
 Short tasks are queued several deep on each worker (the placer's ``depth``), sized from
-the measured task durations, so that workers never wait for their next message.
+the measured task durations, so that workers never wait for their next message; the
+members of a sweep over values then travel as *runs*, one call for many consecutive
+members, bound and fingerprinted by the worker (``engine/runs.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hpcflow.engine.execute import Call, Outcome
+from hpcflow.engine.runs import closed_groups
 from hpcflow.engine.walltime import Walltime
 from hpcflow.errors import ResourceError, TaskFailed
 from hpcflow.plan.plan import Plan
@@ -129,6 +132,10 @@ class Core:
         self._group_of = plan.group_of.tolist()
         self._needs, self._need_key = _need_table(plan, self._group_of)
         self._one_slot = [self.placer.one_slot(*need) for need in self._needs]
+        self._runs = [False] * len(plan.groups)  # groups whose members may go as runs
+        if getattr(backend, "runs", False) and not self.options.isolate:
+            for g in closed_groups(plan):
+                self._runs[g] = True
         self.fingerprints = Fingerprinter(plan)
         self._binders = self.fingerprints.binders
         self._swept = [g.swept for g in plan.groups]
@@ -242,6 +249,7 @@ class Core:
         batch: list[tuple[Call, Placement]] = []
         blocked: list[tuple[float, int]] = []
         placer, ready, needs, key, one = self.placer, self.ready, self._needs, self._need_key, self._one_slot
+        runs, group_of = self._runs, self._group_of
         timed = self.walltime is not None and self.walltime.end is not None
         while ready:
             item = ready.pop()
@@ -250,7 +258,16 @@ class Core:
                 continue
             if timed and not self._fits(i):
                 continue
-            placement = placer.place_one() if one[key[i]] else placer.place(*needs[key[i]])
+            if not one[key[i]]:
+                placement = placer.place(*needs[key[i]])
+            elif runs[group_of[i]] and placer.depth > 1 and i not in self.attempts:
+                batch_item = self._run(item)
+                if batch_item is not None:
+                    batch.append(batch_item)
+                    continue
+                placement = None
+            else:
+                placement = placer.place_one()
             if placement is None:
                 blocked.append(item)
                 if placer.full or len(blocked) >= 64:
@@ -285,7 +302,30 @@ class Core:
         gpus = placement.gpus[0] if self._needs[self._need_key[i]][1] else ()
         name = f"{group.name}[{member}]" if self._swept[g] else group.name
         return _new_call(Call, (i, attempt, g, name, args, kwargs, gpus, self._timeouts[g],
-                                placement.leaders, self.options.isolate))
+                                placement.leaders, self.options.isolate, 1, None))
+
+    def _run(self, item: tuple[float, int]) -> tuple[Call, Placement] | None:
+        """Ready members ``i, i+1, ...`` of a closed group as one call on one slot, as
+        many as the slot has room for (``engine/runs.py``); None if no slot has room."""
+        key, i = item
+        g = self._group_of[i]
+        group = self._groups[g]
+        room = self.placer.room()
+        if not room:
+            return None
+        limit = min(room, group.start + group.size - i) - 1
+        more = self.ready.pop_run(key, i, limit, self.attempts)
+        got = self.placer.place_run(1 + more)
+        assert got is not None and got[1] == 1 + more  # the slot that room() looked at
+        placement, n = got
+        if n == 1:  # a run of one is a plain call
+            return self._call(i, placement), placement
+        now, worker = time.time(), placement.leaders[0]
+        for j in range(i, i + n):
+            self.running[j] = (placement, 0)
+            self._append((Event.DISPATCH, j, 0, worker, now))
+        return _new_call(Call, (i, 0, g, group.name, (), {}, (), None, placement.leaders, False,
+                                n, None)), placement
 
     # -- completion -----------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
@@ -306,8 +346,9 @@ class Core:
         if digest is None:
             digest = content_hash(self._groups[self._group_of[i]].task.action, stored,
                                   outcome.value)
+        fp = outcome.fp or self._fp.pop(i, "")  # a run's member: the worker's
         self._append((Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                      outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest}))
+                      outcome.end, stored, {"fp": fp, "h": digest}))
         durations = self._durations  # [seconds in this window, tasks in it, tasks in all]
         durations[0] += outcome.end - outcome.start
         durations[1] += 1

@@ -32,7 +32,9 @@ from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
 
 class Call(NamedTuple):
     """One task for a worker. ``gpus`` are the device ids it may use (pinned through
-    ``CUDA_VISIBLE_DEVICES``); ``peers`` the worker indices of all its ranks."""
+    ``CUDA_VISIBLE_DEVICES``); ``peers`` the worker indices of all its ranks. A call with
+    ``count > 1`` is a *run*: members ``id .. id + count - 1`` of a closed group, which
+    the worker expands (``engine/runs.py``) into calls that carry their fingerprint."""
 
     id: int
     attempt: int
@@ -45,6 +47,8 @@ class Call(NamedTuple):
     peers: tuple[int, ...] = ()
     isolate: bool = False
     """Run a Python task in a child process even without a time-out (a crash fails it alone)."""
+    count: int = 1
+    fp: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -52,7 +56,8 @@ class Outcome(NamedTuple):
 
     ``stored`` is set by a worker that already persisted the result itself (its journal
     form, ``("inline", value)`` or ``("file", path)``) and ``digest`` is then its content
-    hash (``engine/results.py``); None lets the coordinator do both."""
+    hash (``engine/results.py``); None lets the coordinator do both. ``fp`` is the
+    fingerprint of a member of a run, taken by the worker that expanded it."""
 
     id: int
     attempt: int
@@ -65,6 +70,7 @@ class Outcome(NamedTuple):
     log: str | None = None
     stored: tuple[str, Any] | None = None
     digest: str | None = None
+    fp: str | None = None
 
 
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (a worker's hot path)

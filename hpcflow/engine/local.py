@@ -24,6 +24,7 @@ import psutil
 
 from hpcflow.engine.execute import Call, Executor, Outcome, kill_tree
 from hpcflow.engine.results import persist
+from hpcflow.engine.runs import RunSpec, expand, run_specs
 from hpcflow.errors import EngineError
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Placement, Slot
@@ -49,6 +50,7 @@ def machine_shares(workers: int, gpus: Sequence[str] = (), memory: int | None = 
 
 class LocalBackend:
     name = "local"
+    runs = True  # workers expand runs of short tasks (engine/runs.py)
 
     def __init__(self, plan: Plan, run_dir: str, slots: Sequence[Slot]) -> None:
         self._slots = list(slots)
@@ -60,12 +62,14 @@ class LocalBackend:
                                   "engine (--engine mpi), which gives it a communicator")
         context = mp.get_context("fork")
         actions = [g.task.action for g in plan.groups]
+        runs = run_specs(plan)
         self._conns: list[Connection] = []
         self._procs = []
         for slot in self._slots:
             parent, child = context.Pipe(duplex=True)
             proc = context.Process(target=_worker_main, name=f"hpcflow-worker-{slot.index}",
-                                   args=(child, actions, run_dir, plan.python_path, slot.index, os.getpid()),
+                                   args=(child, actions, runs, run_dir, plan.python_path,
+                                         slot.index, os.getpid()),
                                    daemon=True)
             proc.start()
             child.close()
@@ -123,8 +127,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn: Connection, actions: list, run_dir: str, python_path: list[str],
-                 index: int, parent: int) -> None:
+def _worker_main(conn: Connection, actions: list, runs: dict[int, RunSpec], run_dir: str,
+                 python_path: list[str], index: int, parent: int) -> None:
     _die_with_parent()
     if os.getppid() != parent:  # the coordinator died before the request took effect
         os._exit(1)
@@ -137,18 +141,29 @@ def _worker_main(conn: Connection, actions: list, run_dir: str, python_path: lis
             message = conn.recv()
             if message is None:
                 return
-            pending.extend(message)
+            _queue(pending, message, runs)
         done: list[Outcome] = []
         while pending:
             call, ranks = pending.popleft()
             outcome = executor.run(call, ranks)
-            done.append(persist(run, actions[call.group], outcome) if outcome.ok else outcome)
+            done.append(persist(run, actions[call.group], outcome, call.fp) if outcome.ok
+                        else outcome)
             if not pending and conn.poll():
                 message = conn.recv()
                 if message is None:
                     conn.send(done)
                     return
-                pending.extend(message)
+                _queue(pending, message, runs)
             if len(done) >= 256:
                 break
         conn.send(done)
+
+
+def _queue(pending: deque[tuple[Call, int]], message: list[tuple[Call, int]],
+           runs: dict[int, RunSpec]) -> None:
+    """Queue a message's calls, a run expanded into its members (engine/runs.py)."""
+    for call, ranks in message:
+        if call.count > 1:
+            pending.extend((c, 1) for c in expand(runs[call.group], call))
+        else:
+            pending.append((call, ranks))

@@ -28,18 +28,19 @@ from hpcflow.store.resume import content_hash, pickle_digest
 from hpcflow.store.rundir import INLINE_RESULT_LIMIT, RunDir
 
 _new = tuple.__new__
-_STORED = Outcome._fields.index("stored")  # ``stored`` and ``digest`` follow each other
+_STORED = Outcome._fields.index("stored")  # ``stored``, ``digest``, ``fp`` follow each other
 
 
-def persist(run_dir: RunDir, action: Action, outcome: Outcome) -> Outcome:
-    """A successful outcome with its result's journal form (``stored``) and content hash
-    (``digest``) filled in; a result that cannot be pickled fails the task, saying so."""
+def persist(run_dir: RunDir, action: Action, outcome: Outcome, fp: str | None = None) -> Outcome:
+    """A successful outcome with its result's journal form (``stored``), content hash
+    (``digest``) and ``fp`` (a run member's fingerprint, else None) filled in; a result
+    that cannot be pickled fails the task, saying so."""
     try:
         stored, digest = store_result(run_dir, outcome.id, action, outcome.value)
     except Exception as exc:  # the journal keeps results with pickle: say so
         error = f"its result ({type(outcome.value).__name__}) cannot be stored: {exc}"
         return outcome._replace(ok=False, value=None, error=error)
-    return _new(Outcome, (*outcome[:_STORED], stored, digest, *outcome[_STORED + 2:]))
+    return _new(Outcome, (*outcome[:_STORED], stored, digest, fp, *outcome[_STORED + 3:]))
 
 
 def store_result(run_dir: RunDir, task_id: int, action: Action, value: Any

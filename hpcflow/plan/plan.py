@@ -226,6 +226,11 @@ class Binder:
         return args, kwargs
 
     @property
+    def closed(self) -> bool:
+        """Whether members bind without any other task's result (``engine/runs.py``)."""
+        return self._const and all(not isinstance(a[1], GroupRef) for a in self._axes)
+
+    @property
     def swept_values(self) -> bool:
         """Whether the group sweeps over values (not only over other tasks' results)."""
         return bool(self._valued)

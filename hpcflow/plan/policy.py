@@ -65,6 +65,12 @@ class Placer:
     ``depth`` lets a one-slot task be queued on a slot that is already busy (up to
     ``depth`` tasks per slot): the engine raises it for very short tasks so that a
     worker never waits for its next message; multi-slot tasks always need idle slots.
+    :meth:`place_run` takes several queue places of one slot at once, for a run of
+    short tasks sent as one call.
+
+    Slots with room (``load < depth``) wait in ``_open`` in round-robin order, each at
+    most once; a slot that filled up meanwhile (held by a multi-slot task, or given a
+    run) is dropped when it comes up. ``_roomy`` counts the slots with room.
     """
 
     def __init__(self, slots: Sequence[Slot], depth: int = 1) -> None:
@@ -76,16 +82,15 @@ class Placer:
         self._nodes: dict[str, list[int]] = {}
         for slot in self.slots:
             self._nodes.setdefault(slot.node, []).append(slot.index)
-        self._open: deque[int] = deque()  # slot ids with room, one entry per free queue place
         self._single = [Placement((s.index,), (s.index,), (s.gpus,)) for s in self.slots]
-        for _ in range(depth):
-            self._open.extend(s.index for s in self.slots)
+        self._open: deque[int] = deque(s.index for s in self.slots)
+        self._listed = [True] * len(self.slots)  # in _open
+        self._roomy = len(self.slots) if depth > 0 else 0
 
     @property
     def full(self) -> bool:
-        """No slot can take another task now: every free queue place has an entry in
-        ``_open`` (idle slots included), so an empty ``_open`` means none is free."""
-        return not self._open
+        """No slot can take another task now."""
+        return not self._roomy
 
     def max_span(self, cores: int, gpus: int, memory: int, ranks: int) -> int:
         """0 if the task fits on no node even with every slot idle, else the number of
@@ -99,10 +104,12 @@ class Placer:
 
     def set_depth(self, depth: int) -> None:
         """Allow ``depth`` queued one-slot tasks per slot from now on."""
-        if depth > self.depth:
-            for _ in range(depth - self.depth):
-                self._open.extend(s.index for s in self.slots)
         self.depth = depth
+        self._roomy = 0
+        for i, load in enumerate(self.load):
+            if load < depth:
+                self._roomy += 1
+                self._list(i)
 
     def place(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
         """Slots for a task now, or None if it must wait."""
@@ -117,11 +124,37 @@ class Placer:
 
     def place_one(self) -> Placement | None:
         """:meth:`place` for a task that takes one slot (see :meth:`one_slot`)."""
-        while self._open:
-            index = self._open.popleft()
-            if self.load[index] < self.depth:
-                self.load[index] += 1
-                return self._single[index]  # the same for every one-slot task there
+        got = self.place_run(1)
+        return None if got is None else got[0]
+
+    def room(self) -> int:
+        """Queue places free on the slot that :meth:`place_run` would take next (0: none)."""
+        open_, load, depth = self._open, self.load, self.depth
+        while open_:
+            room = depth - load[open_[0]]
+            if room > 0:
+                return room
+            self._listed[open_.popleft()] = False
+        return 0
+
+    def place_run(self, n: int) -> tuple[Placement, int] | None:
+        """Up to ``n`` queue places on the next slot with room, for one-slot tasks: the
+        placement (the same for every one-slot task there) and how many it took. Each
+        is released on its own (:meth:`release`)."""
+        open_, load, depth = self._open, self.load, self.depth
+        while open_:
+            index = open_.popleft()
+            room = depth - load[index]
+            if room > 0:
+                took = min(n, room)
+                load[index] += took
+                if took < room:
+                    open_.append(index)  # round robin: the next task goes elsewhere
+                else:
+                    self._listed[index] = False
+                    self._roomy -= 1
+                return self._single[index], took
+            self._listed[index] = False
         return None
 
     def _place_many(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
@@ -132,6 +165,7 @@ class Placer:
                 continue
             slots, groups = chosen
             for i in slots:
+                self._roomy -= self.load[i] < self.depth
                 self.load[i] += _HELD  # held slots take no queued work
             gpu_ids = tuple(
                 tuple(g for i in group for g in self.slots[i].gpus)[:gpus] if gpus else ()
@@ -164,11 +198,15 @@ class Placer:
 
     def release(self, placement: Placement) -> None:
         """The task on ``placement`` finished (or failed): its slots take work again."""
-        if not placement.exclusive:
-            index = placement.slots[0]
-            self.load[index] -= 1
-            self._open.append(index)
-            return
+        load, depth = self.load, self.depth
         for i in placement.slots:
-            self.load[i] -= _HELD
-            self._open.extend([i] * self.depth)
+            full = load[i] >= depth
+            load[i] -= _HELD if placement.exclusive else 1
+            if full and load[i] < depth:
+                self._roomy += 1
+            self._list(i)
+
+    def _list(self, i: int) -> None:
+        if not self._listed[i]:
+            self._listed[i] = True
+            self._open.append(i)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 
 class ReadyQueue:
@@ -57,6 +57,23 @@ class ReadyQueue:
             heapq.heappop(self._keys)
             del self._buckets[key]
         return key, i
+
+    def pop_run(self, key: float, first: int, limit: int, exclude: Container[int] = ()) -> int:
+        """After :meth:`pop` gave ``(key, first)``: pop ``first + 1``, ``first + 2``, ... while
+        they come next among their equals (up to ``limit`` of them, none in ``exclude``),
+        and return how many (a run of consecutive members of one sweep)."""
+        bucket = self._buckets.get(key)
+        taken = 0
+        while bucket and taken < limit and bucket[0] == first + taken + 1 \
+                and bucket[0] not in exclude:
+            bucket.popleft()
+            taken += 1
+        if taken:
+            self._size -= taken
+            if not bucket:
+                heapq.heappop(self._keys)  # key is the smallest: it was just popped from
+                del self._buckets[key]
+        return taken
 
     def unpop(self, items: list[tuple[float, int]]) -> None:
         """Put back what :meth:`pop` returned (in that order), ahead of its equals."""

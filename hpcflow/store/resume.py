@@ -154,7 +154,7 @@ class Fingerprinter:
         self.plan = plan
         self.defs = [definition_hash(g, plan.groups, plan.python_path) for g in plan.groups]
         self.binders = [Binder(g, plan.groups) for g in plan.groups]
-        self._prefix = [f"{d}|".encode() for d in self.defs]
+        self._prefix = [definition_prefix(d) for d in self.defs]
         self._valued = [b.swept_values for b in self.binders]
         self._starts = [g.start for g in plan.groups]
         self._group_of = plan.group_of.tolist()
@@ -167,15 +167,28 @@ class Fingerprinter:
         """``H(definition | predecessors' content hashes | member's sweep values)``;
         ``values`` when the caller has them already (``Binder.values_in``)."""
         g = self._group_of[i]
-        key = self._prefix[g]
         lo, hi = self._pred_ptr[i], self._pred_ptr[i + 1]
-        if hi > lo:
-            key += "|".join([hashes.get(p, "?") for p in self._pred[lo:hi]]).encode()
-        if self._valued[g]:
-            if values is None:
-                values = self.binders[g].values(i - self._starts[g])
-            key += b"\0" + _bytes_of(values)
-        return hashlib.blake2b(key, digest_size=16).hexdigest()
+        inputs = [hashes.get(p, "?") for p in self._pred[lo:hi]] if hi > lo else ()
+        if self._valued[g] and values is None:
+            values = self.binders[g].values(i - self._starts[g])
+        return fingerprint(self._prefix[g], inputs, values if self._valued[g] else None)
+
+
+def definition_prefix(definition: str) -> bytes:
+    """The first part of every fingerprint of a group with this definition hash."""
+    return f"{definition}|".encode()
+
+
+def fingerprint(prefix: bytes, inputs: Sequence[str], values: tuple[Any, ...] | None) -> str:
+    """A task's fingerprint from its group's :func:`definition_prefix`, its inputs'
+    content hashes (in predecessor order) and its sweep values (None: not swept over
+    values). The one formula, for the coordinator and for workers that expand runs."""
+    key = prefix
+    if inputs:
+        key += "|".join(inputs).encode()
+    if values is not None:
+        key += b"\0" + _bytes_of(values)
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 def content_hash(action: Any, stored: tuple[str, Any], value: Any,

@@ -10,6 +10,7 @@ initialised: mpi4py is imported inside the tests only.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -151,3 +152,24 @@ def test_a_worker_told_to_stop_fails_its_tasks_at_once_and_the_run_ends():
     assert result.status == "failed" and result.done + len(result.failures) == 8
     assert all("interrupted by SIGTERM" in f.error for f in result.failures)
     assert "signal_own_worker[0]" in [f.task for f in result.failures]
+
+
+def test_short_tasks_travel_as_runs_with_the_coordinators_fingerprints():
+    """Runs of a sweep's members (engine/runs.py): results, one DISPATCH and DONE per
+    member, and a resume that reuses everything (the workers' fingerprints)."""
+    from hpcflow.engine.runner import resume_preview
+
+    n = 3000
+    sweep = hf.task(square).sweep({"x": range(n)})
+    wf = hf.workflow("runs", outputs={"all": sweep.all()})
+    result = hf.run(wf, engine="mpi")
+    assert result.outputs["all"] == [x * x for x in range(n)]
+    if _world().rank != 0:
+        return
+    events = [e for e in read_journal(Path(result.run_dir) / "journal.bin")
+              if e[0] == Event.DISPATCH]
+    assert len(events) == n
+    shared = sum(1 for a, b in itertools.pairwise(events) if (a[3], a[4]) == (b[3], b[4]))
+    assert shared > n // 2, "members did not travel as runs"
+    _, decision = resume_preview(wf, result.run_dir)
+    assert decision.reasons == {} and len(decision.reuse) == n

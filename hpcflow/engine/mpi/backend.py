@@ -42,6 +42,7 @@ from hpcflow.engine.mpi.wire import (
     read_outcomes,
 )
 from hpcflow.engine.mpi.worker import Worker
+from hpcflow.engine.runs import run_specs
 from hpcflow.errors import EngineError
 from hpcflow.model.task import ShellCommand
 from hpcflow.plan.plan import Plan
@@ -56,6 +57,7 @@ MAX_MESSAGES_PER_WAIT = 64
 
 class MpiBackend:
     name = "mpi"
+    runs = True  # workers expand runs of short tasks (engine/runs.py)
 
     def __init__(self, session: Session, wire: Channel, plan: Plan, slots: list[Slot]) -> None:
         self._session, self._wire, self._slots = session, wire, slots
@@ -156,6 +158,7 @@ def start_backend(plan: Plan, run: RunDir, config: EngineConfig) -> tuple[MpiBac
     world = session.world
     session.stop.deferred = True  # from here on a signal is handled at a safe point
     setup = {"actions": cloudpickle.dumps([g.task.action for g in plan.groups]),
+             "runs": cloudpickle.dumps(run_specs(plan)),
              "python_path": list(plan.python_path), "run_dir": str(run.path),
              "gpus": tuple(config.gpus), "memory": config.memory}
     polite_bcast(world, ("setup", setup), session.backoff)
@@ -202,6 +205,7 @@ def serve_setup(session: Session, setup: dict[str, Any]) -> None:
     try:
         if world.bcast(None, root=0):
             assert executor is not None
-            Worker(wire, world, executor, actions, setup["run_dir"], session.backoff).serve()
+            runs = cloudpickle.loads(setup["runs"])
+            Worker(wire, world, executor, actions, setup["run_dir"], session.backoff, runs).serve()
     finally:
         wire.free()

@@ -1,7 +1,8 @@
 """A worker rank: take calls from rank 0, run them one at a time, send outcomes back.
 
 The loop keeps a local queue (``pending``) that the coordinator fills several calls deep
-when tasks are short. Between two tasks the worker takes every message that has arrived
+when tasks are short; a run of a sweep's members arrives as one call and is expanded
+into the queue here (``engine/runs.py``). Between two tasks the worker takes every message that has arrived
 (``improbe``: no blocking); it sends its finished outcomes back in one message as soon
 as its queue is empty, as soon as it has finished as many as it still has queued (so
 the coordinator refills the queue before it runs dry), or once the oldest unsent one
@@ -47,6 +48,7 @@ from hpcflow.engine.mpi.wire import (
     read_call,
 )
 from hpcflow.engine.results import persist
+from hpcflow.engine.runs import RunSpec, expand
 from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
 from hpcflow.store.rundir import RunDir
 
@@ -57,13 +59,15 @@ MAX_OUTCOMES = 256
 
 class Worker:
     def __init__(self, wire: Channel, world: MPI.Intracomm, executor: Executor,
-                 actions: list[Action], run_dir: str, backoff: Backoff) -> None:
+                 actions: list[Action], run_dir: str, backoff: Backoff,
+                 runs: dict[int, RunSpec] | None = None) -> None:
         self.wire, self.world, self.executor = wire, world, executor
         self.actions = actions
         self.index = world.rank - 1
         self.run_dir = RunDir(run_dir)
         self.backoff = backoff
-        self.pending: deque[tuple[Any, ...]] = deque()  # call_item tuples
+        self.pending: deque[tuple[Call, int, int]] = deque()  # (call, ranks, task_rank)
+        self.runs = runs or {}
         self.done: list[tuple[Any, ...]] = []  # outcomes as plain tuples
         self.batch_start = 0.0
         self.in_task = False
@@ -110,7 +114,13 @@ class Worker:
                 self.pending.clear()
                 return True
             if tag == CALLS:
-                self.pending.extend(payload)
+                pending = self.pending
+                for item in payload:
+                    call, ranks, task_rank = read_call(item)
+                    if call.count > 1:  # a run of short tasks: its members, each bound here
+                        pending.extend((c, 1, 0) for c in expand(self.runs[call.group], call))
+                    else:
+                        pending.append((call, ranks, task_rank))
 
     def _should_send(self) -> bool:
         n = len(self.done)
@@ -126,14 +136,14 @@ class Worker:
 
     # -- one task -------------------------------------------------------------------
     def _run_next(self) -> None:
-        call, ranks, task_rank = read_call(self.pending.popleft())
+        call, ranks, task_rank = self.pending.popleft()
         if not self.done:
             self.batch_start = time.monotonic()
         outcome = self._run(call, ranks, task_rank)
         if task_rank:
             outcome = outcome._replace(value=None)  # task-rank 0's value is the result
         elif outcome.ok:
-            outcome = persist(self.run_dir, self.actions[call.group], outcome)
+            outcome = persist(self.run_dir, self.actions[call.group], outcome, call.fp)
         self.done.append(tuple(outcome))
 
     def _run(self, call: Call, ranks: int, task_rank: int) -> Outcome:

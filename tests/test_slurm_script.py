@@ -486,11 +486,16 @@ def _fake_cluster_tools(tmp_path: Path) -> tuple[dict[str, str], str, Path]:
         echo "call $*" >> "{log}"
         case $2 in
           distributed.cli.*|ray.scripts.scripts)
+            echo $$ >> "{tmp_path}/parts"
             sleep 60 &
             s=$!
-            trap 'echo "stopped $2" >> "{log}"; kill $s; exit 0' TERM
+            trap 'echo "stopped $2 $4" >> "{log}"; kill $s; exit 0' TERM
             wait $s ;;
           hpcflow)
+            if [ "$4" = stop ]; then  # as the Dask scheduler: it ends every part
+              kill -TERM $(cat "{tmp_path}/parts")
+              exit 0
+            fi
             if [ "$3" = cluster ]; then  # as a real wait: the parts have started by then
               sleep 0.5
               echo tcp://fake:1
@@ -524,7 +529,7 @@ def test_cluster_script_starts_runs_and_stops_in_order(tmp_path, engine, wait_co
                           cwd=tmp_path, env=env)
     assert not (tmp_path / "pwned").exists(), "a hostile value was executed"
     calls = log.read_text().splitlines()
-    stopped = [line.split()[1] for line in calls if line.startswith("stopped ")]
+    stopped = [line.removeprefix("stopped ") for line in calls if line.startswith("stopped ")]
     started = [line for line in calls if line.startswith("call -m ") and line.split()[2] != "hpcflow"]
     if wait_code:  # Dask: every part started; Ray: the head, whose address the others need
         assert len(started) == (3 if engine == "dask" else 1) == len(stopped), calls
@@ -534,8 +539,11 @@ def test_cluster_script_starts_runs_and_stops_in_order(tmp_path, engine, wait_co
         return
     assert done.returncode == 0, done.stderr
     assert len(started) == (3 if engine == "dask" else 2) == len(stopped), calls
-    head = "distributed.cli.dask_scheduler" if engine == "dask" else "ray.scripts.scripts"
-    assert stopped[-1] == head  # the workers (other nodes) first, the head last
+    if engine == "dask":  # the scheduler is asked to close itself and its workers
+        asked = next(k for k, line in enumerate(calls) if " cluster stop dask " in line)
+        assert all(k > asked for k, line in enumerate(calls) if line.startswith("stopped "))
+    else:  # TERM to the other nodes first, the head last
+        assert stopped == ["ray.scripts.scripts --address=tcp://fake:1", "ray.scripts.scripts --head"]
     argv = (tmp_path / "run-argv").read_text().splitlines()
     assert argv == ["-m", "hpcflow", "run", "--engine", engine, "--address", "tcp://fake:1",
                     "--resume", str(run_dir), spec]

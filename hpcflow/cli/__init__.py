@@ -152,6 +152,11 @@ def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
     w.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
     w.add_argument("--watch", action="append", metavar="NAME=PID",
                    help="a part of the cluster; its exit ends the wait at once (repeatable)")
+    s = cluster.add_parser("stop", help="inside a batch job: close the Dask scheduler and its "
+                           "workers (the script of submit --engine dask runs this)")
+    s.add_argument("engine", choices=["dask"])
+    s.add_argument("--scheduler-file", required=True, help="the file the scheduler wrote")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to reach it (default 30)")
 
 
 def _version() -> str:

@@ -300,6 +300,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     if args.cluster_command == "wait":
         return _cluster_wait(args)
+    if args.cluster_command == "stop":
+        from hpcflow.scheduler.slurm import ready
+
+        ready.stop_dask(args.scheduler_file, args.timeout)
+        return EXIT_OK
     text = discover(name=args.name).to_yaml()
     if args.output:
         Path(args.output).write_text(text)

@@ -31,12 +31,13 @@ simulated:
 **Bounded.** Every wait has a time-out, ``cluster_start_timeout`` of the profile
 (``hpcflow cluster wait``, itself under ``timeout``); a part that exits early ends the
 wait at once (``--watch``). A cluster that does not come up stops the job with exit 3
-before anything ran. After the run every part gets TERM, which is the framework's own
-clean stop (a Dask nanny closes its worker, a ``ray start --block`` ends its node's
-processes): the tasks of the worker steps from ``scancel --signal=TERM`` (a TERM to
-``srun`` would make Slurm kill them at once), the scheduler or head directly; each has
-30 s, then it is killed. ``ray stop`` is not used: it ends every Ray process of the user
-on the node, other jobs' included.
+before anything ran. After the run the cluster stops itself: the Dask scheduler, asked by
+``hpcflow cluster stop dask``, closes its workers (each nanny then exits 0) and itself;
+every ``ray start --block`` gets TERM, on which it ends its node's processes (the other
+nodes' from ``scancel --signal=TERM``, since a TERM to ``srun`` makes Slurm kill its
+tasks at once; then the head's). What is left after 30 s gets TERM, then KILL. ``ray
+stop`` is not used: it ends every Ray process of the user on the node, other jobs'
+included.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class Part:
     words: tuple[Word, ...]
     log: Word | None = None
     step: str | None = None
-    """The name of its ``srun`` step: at the end its tasks get TERM from ``scancel
-    --signal`` (TERM to ``srun`` itself would make Slurm kill them)."""
+    """The name of its ``srun`` step (``--job-name``): where the cluster does not stop
+    itself, its tasks get TERM from ``scancel --signal`` (a TERM to ``srun`` itself would
+    make Slurm kill them)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Framework:
     workers: tuple[Part, ...]
     wait: tuple[Word, ...] | None
     """Prints the address once every part has joined (None: the head's wait did)."""
+    stop: tuple[Word, ...] | None = None
+    """Asks the cluster to stop itself (Dask); None: TERM to each part (Ray)."""
     cleanup: tuple[tuple[Word, ...], ...] = ()
     """Commands after the stop."""
 
@@ -186,8 +190,10 @@ def _dask(shape: Shape, shares: list[NodeShare], python: str, run_dir: str,
     count = sum(nodes * share.slots for nodes, share, _ in steps)
     wait = _wait(python, "dask", timeout, (Join(("--scheduler-file=", scheduler_file)),
                                             f"--workers={count}"), (head, *workers))
+    stop = ("timeout", "--kill-after=10", str(START_GRACE * 2), python, "-m", "hpcflow", "cluster",
+            "stop", "dask", Join(("--scheduler-file=", scheduler_file)), f"--timeout={START_GRACE}")
     return Framework("dask", timeout, (("scheduler_file", f"{run_dir}/batch/dask-scheduler.json"),),
-                     (scheduler_file,), head, None, tuple(workers), wait)
+                     (scheduler_file,), head, None, tuple(workers), wait, stop)
 
 
 def _ray_resources(share: NodeShare) -> tuple[str, ...]:
@@ -229,4 +235,4 @@ def _ray(shape: Shape, shares: list[NodeShare], python: str, run_dir: str, timeo
         cleanup = (("timeout", str(START_GRACE * 2), *one_per_node, "rm", "-rf", "--", nodes_dir),
                    *cleanup)
     return Framework("ray", timeout, (("ray_dir", Join((RAY_TMP, Var("SLURM_JOB_ID")))),),
-                     (ray_dir,), head, head_wait, workers, wait, cleanup)
+                     (ray_dir,), head, head_wait, workers, wait, None, cleanup)

@@ -1,4 +1,5 @@
-"""Inside a batch job: wait until the Dask or Ray cluster the script started is up.
+"""Inside a batch job: wait until the Dask or Ray cluster the script started is up;
+stop a Dask cluster.
 
 ``hpcflow cluster wait dask|ray`` (the batch script calls it under ``timeout``; see
 :mod:`.frameworks`) prints the cluster's address on stdout once every part has joined,
@@ -13,6 +14,11 @@ otherwise keep the job waiting for the whole time-out.
 - Ray: ``--temp-dir``: the head's address file ``ray_current_cluster`` appears (no
   connection; the other nodes need the address to join); ``--address`` with
   ``--nodes``: a driver counts the live nodes (``ray.nodes()``) until there are enough.
+
+``hpcflow cluster stop dask`` asks the scheduler to close its workers and itself
+(``Client.shutdown``): each nanny closes its worker and exits 0, so the workers' steps
+end as completed. Signals would not do it as well: Slurm gives a step's signal to every
+process of the step, and a worker that gets TERM while its nanny closes it dies of it.
 
 Polls are 0.5 s apart. The framework's package is imported only here, inside the job.
 """
@@ -112,6 +118,23 @@ def wait_dask(scheduler_file: str, workers: int, timeout: float, watch: Watch) -
     _said(f"Dask scheduler {found} has {workers} worker(s) after "
           f"{time.monotonic() - started:.1f} s")
     return found
+
+
+def stop_dask(scheduler_file: str, timeout: float) -> str:
+    """Close the scheduler named in ``scheduler_file`` and its workers."""
+    import distributed
+
+    try:
+        address = json.loads(Path(scheduler_file).read_text())["address"]
+        client = distributed.Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, ValueError, KeyError, TimeoutError) as exc:
+        raise EngineError(f"cannot reach the Dask scheduler of {scheduler_file}: {exc}") from None
+    try:
+        client.shutdown()
+    finally:
+        client.close()
+    _said(f"Dask scheduler {address} closed itself and its workers")
+    return address
 
 
 def ray_head(temp_dir: str, timeout: float, watch: Watch) -> str:

@@ -158,12 +158,17 @@ def _cluster_text(cluster: Framework) -> tuple[str, str]:
     start_text = string.Template(template.CLUSTER_START).substitute(
         fields, about=about, stop_grace=str(template.STOP_GRACE), all_pids=" ".join(reversed(pids)),
         start="\n".join(start))
-    stop = [f"term_steps {quote_word(step)}" for step in dict.fromkeys(
-        p.step for p in cluster.workers if p.step)]
-    if cluster.workers:
-        workers = " ".join(pids[1:])
-        stop += [f"gone {template.STOP_GRACE} {workers} || stop_cluster {workers}"]
-    stop += [f"stop_cluster {pids[0]}"]
+    if cluster.stop:  # the cluster stops itself; what is left then gets TERM, then KILL
+        every = " ".join((*pids[1:], pids[0]))
+        stop = [quote_words(cluster.stop),
+                f"gone {template.STOP_GRACE} {every} || stop_cluster {every}"]
+    else:  # TERM to the other nodes' parts (their steps' tasks), then to the head
+        stop = [f"term_steps {quote_word(step)}" for step in dict.fromkeys(
+            p.step for p in cluster.workers if p.step)]
+        if cluster.workers:
+            workers = " ".join(pids[1:])
+            stop += [f"gone {template.STOP_GRACE} {workers} || stop_cluster {workers}"]
+        stop += [f"stop_cluster {pids[0]}"]
     stop += [quote_words(words) for words in cluster.cleanup]
     stop_text = string.Template(template.CLUSTER_STOP).substitute(
         fields, stop="\n".join(stop))

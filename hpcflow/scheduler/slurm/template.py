@@ -24,9 +24,10 @@ Dask and Ray (:mod:`.frameworks` says what the commands are and why): the cluste
 after the trap is set (a USR1 during the start must not end the shell) and before the
 launch, each part in the background with its pid kept; ``hpcflow cluster wait``, under
 ``timeout``, prints the address once every part has joined, or the job stops there with
-exit 3, stopping what did start. After the run's end, the parts are stopped (TERM, then
-KILL after ``STOP_GRACE`` s) before the continuation is decided. For the MPI and local
-engines ``${cluster_start}`` and ``${cluster_stop}`` are empty.
+exit 3, stopping what did start. After the run's end the cluster is stopped (the Dask
+scheduler closes itself and its workers; Ray's parts get TERM; what is left after
+``STOP_GRACE`` s gets TERM, then KILL) before the continuation is decided. For the MPI
+and local engines ``${cluster_start}`` and ``${cluster_stop}`` are empty.
 """
 
 SCRIPT = """\
@@ -86,7 +87,8 @@ DASK_ABOUT = """\
 # Dask in this allocation (docs/architecture.md, "Slurm"): the scheduler here, on the batch
 # host, and a one-thread worker in every task slot but the one this script runs in (srun),
 # each declaring its slot's cores, GPUs and memory as Dask resources. If the cluster is
-# not up within ${timeout} s, the job stops here (exit ${engine_code}); after the run it is stopped."""
+# not up within ${timeout} s, the job stops here (exit ${engine_code}). After the run the scheduler
+# closes its workers and itself (hpcflow cluster stop)."""
 
 RAY_ABOUT = """\
 # Ray in this allocation (docs/architecture.md, "Slurm"): the head here, on the batch host,

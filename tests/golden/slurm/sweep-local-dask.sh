@@ -39,7 +39,8 @@ trap 'usr1=1; continue_run; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/de
 # Dask in this allocation (docs/architecture.md, "Slurm"): the scheduler here, on the batch
 # host, and a one-thread worker in every task slot but the one this script runs in (srun),
 # each declaring its slot's cores, GPUs and memory as Dask resources. If the cluster is
-# not up within 300 s, the job stops here (exit 3); after the run it is stopped.
+# not up within 300 s, the job stops here (exit 3). After the run the scheduler
+# closes its workers and itself (hpcflow cluster stop).
 gone() {  # wait up to $1 s for the pids that follow to end; false if some did not
   local pid left n=$(($1 * 2))
   shift
@@ -94,9 +95,8 @@ while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real
   [ "${code}" -eq 127 ] && break  # its end was already collected above
   status=${code}
 done
-term_steps hpcflow-dask-workers
-gone 30 "${pid_workers_1}" "${pid_workers_2}" || stop_cluster "${pid_workers_1}" "${pid_workers_2}"
-stop_cluster "${pid_scheduler}"
+timeout --kill-after=10 60 /opt/venv/bin/python -m hpcflow cluster stop dask --scheduler-file="${scheduler_file}" --timeout=30
+gone 30 "${pid_workers_1}" "${pid_workers_2}" "${pid_scheduler}" || stop_cluster "${pid_workers_1}" "${pid_workers_2}" "${pid_scheduler}"
 echo "hpcflow: the dask cluster stopped" >&2
 if [ "${status}" -eq 75 ]; then  # stopped for the walltime: continue
   continue_run

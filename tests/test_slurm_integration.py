@@ -612,3 +612,50 @@ def test_usr1_continues_a_dask_run_in_a_job_with_a_new_cluster(cluster, tmp_path
     assert wait_final(run_dir)["state"] == "COMPLETED"
     for job in (first, second):
         _no_processes_left(job)
+
+
+GPU_SPREAD = """\
+name: gpu-spread
+defaults:
+  resources: {cores: 1, gpus: 1, memory: 100M, time: 3s}
+tasks:
+  - id: probe
+    shell: >-
+      s=$(date +%s.%N); sleep 2; e=$(date +%s.%N);
+      printf '%s %s %s %s' "$SLURMD_NODENAME" "$CUDA_VISIBLE_DEVICES" "$s" "$e" > {out}
+    sweep: {product: {i: [0, 1, 2, 3, 4, 5]}}
+    outputs: {out: gpu.txt}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_gpu_tasks_on_the_job_s_own_cluster_get_gpus_of_their_own(cluster, tmp_path, engine):
+    """Each GPU task sees one GPU, and two tasks that ran at the same time on one node
+    never saw the same one (Dask: each worker its own, by --gpus-per-task; Ray: its node's
+    GPUs, which Ray hands out)."""
+    if int(cluster["HPCFLOW_SLURM_GPUS_PER_NODE"]) < 2 or int(cluster["HPCFLOW_SLURM_NODES"]) < 2:
+        pytest.skip("needs 2 nodes with 2 GPUs each: sudo slurm/start.sh --nodes 2 --gpus 2")
+    pytest.importorskip("distributed" if engine == "dask" else "ray",
+                        reason=f"pip install 'hpcflow-mpi[{engine}]'")
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(GPU_SPREAD)
+    started = time.monotonic()
+    result = submit(spec, "--engine", engine, "--nodes", "2", cwd=tmp_path)
+    run_dir = result["run_dir"]
+    state = wait_final(run_dir)
+    print(f"\n{engine} GPU tasks on 2 nodes: {state['state']} after {time.monotonic() - started:.1f} s")
+    assert state["state"] == "COMPLETED", _batch_text(run_dir, result["job_id"], "err")
+    seen = []
+    for i in range(6):
+        node, gpus, start, end = (Path(run_dir) / "tasks" / f"probe[{i}]" / "gpu.txt").read_text().split()
+        seen.append((node, gpus, float(start), float(end)))
+    assert all(gpus.isdigit() for _, gpus, _, _ in seen), seen  # one GPU each
+    assert len({node for node, _, _, _ in seen}) == 2, seen
+    for k, (node, gpus, start, end) in enumerate(seen):
+        for other in seen[k + 1:]:
+            if other[0] == node and other[2] < end and start < other[3]:  # at the same time
+                assert other[1] != gpus, seen
+    _no_processes_left(result["job_id"])

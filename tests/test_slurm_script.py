@@ -578,3 +578,22 @@ def test_submit_dry_run_with_the_dask_engine(tmp_path):
     done = _hpcflow("submit", "--dry-run", "--profile", local, "--engine", "dask", sweep, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "distributed.cli.dask_scheduler" in done.stdout and "--engine dask --address" in done.stdout
+
+
+def test_a_batch_host_without_a_worker_slot_runs_only_the_scheduler_or_head():
+    """One task per node: the batch host's only slot is the coordinator's."""
+    profile = load_profile(CLUSTERS / "cpu-site.yaml")
+    plan = WORKFLOWS["sweep"]()
+    for engine in ("dask", "ray"):
+        sizing = size(plan, analyse(plan), profile, Overrides(nodes=3, ntasks_per_node=1,
+                                                              cpus_per_task=4, engine=engine))
+        text = render_script(batch_job(sizing, profile, workflow="wf", run_dir="/r",
+                                       spec="/s.yaml", engine=engine))
+        sruns = [line for line in text.splitlines() if line.startswith("srun ")]
+        assert len(sruns) == 1 and "--nodes=2 --ntasks=2 --ntasks-per-node=1 --exclude=" in sruns[0]
+        assert "--cpus-per-task=4 " in sruns[0]
+        if engine == "dask":
+            assert "--workers=2 " in text
+        else:
+            assert "--head --port=0 --temp-dir=\"${ray_dir}\" --num-cpus=0 --num-gpus=0 --include" in text
+            assert "--nodes=3 " in text

@@ -116,23 +116,23 @@ class NodeShare:
     memory: int  # bytes per slot
 
 
-def node_shares(slots: Sequence[Slot]) -> list[NodeShare]:
-    """Per node of the allocation (the batch host first), its worker slots; a node's
-    slots are equal shares (:func:`hpcflow.engine.mpi.discover.share`)."""
-    nodes: dict[str, list[Slot]] = {}
+def node_shares(slots: Sequence[Slot], nodes: Sequence[str]) -> list[NodeShare]:
+    """The worker slots of each of ``nodes`` (the batch host first; it may have none: a
+    one-task-per-node shape leaves its only slot to the coordinator); a node's slots are
+    equal shares (:func:`hpcflow.engine.mpi.discover.share`)."""
+    groups: dict[str, list[Slot]] = {node: [] for node in nodes}
     for slot in slots:
-        nodes.setdefault(slot.node, []).append(slot)
-    return [NodeShare(len(group), group[0].cores, len(group[0].gpus), group[0].memory)
-            for group in nodes.values()]
+        groups[slot.node].append(slot)
+    return [NodeShare(len(g), g[0].cores, len(g[0].gpus), g[0].memory) if g else NodeShare(0, 0, 0, 0)
+            for g in groups.values()]
 
 
 def framework(engine: str, shape: Shape, slots: Sequence[Slot], *, python: str, run_dir: str,
               timeout: int, gpu_style: str) -> Framework:
     """The Dask or Ray cluster for an allocation of ``shape`` whose worker slots (as the
-    sizing simulated them) are ``slots``."""
-    shares = node_shares(slots)
-    if shape.nodes > 1 and len(shares) == 1:  # the batch host has no worker slot
-        shares.insert(0, NodeShare(0, 0, 0, 0))
+    sizing simulated them, :func:`.shape.allocation_slots`: nodes ``node0``, ``node1``,
+    ...) are ``slots``."""
+    shares = node_shares(slots, [f"node{k}" for k in range(shape.nodes)])
     if engine == "dask":
         return _dask(shape, shares, python, run_dir, timeout)
     if engine == "ray":
@@ -199,8 +199,8 @@ def _dask(shape: Shape, shares: list[NodeShare], python: str, run_dir: str,
 def _ray_resources(share: NodeShare) -> tuple[str, ...]:
     memory = share.slots * share.memory
     store = max(OBJECT_STORE_MIN, int(memory * OBJECT_STORE_FRACTION))
-    return (f"--num-cpus={share.slots * share.cores}", f"--num-gpus={share.slots * share.gpus}",
-            f"--memory={memory}", f"--object-store-memory={store}")
+    declared = (f"--num-cpus={share.slots * share.cores}", f"--num-gpus={share.slots * share.gpus}")
+    return (*declared, f"--memory={memory}", f"--object-store-memory={store}") if memory else declared
 
 
 def _ray(shape: Shape, shares: list[NodeShare], python: str, run_dir: str, timeout: int,

@@ -396,3 +396,266 @@ def test_discover_and_plan_on_the_real_cluster(cluster, tmp_path):
     assert part["gpus_per_node"] == int(cluster["HPCFLOW_SLURM_GPUS_PER_NODE"])
     plan = hpcflow("plan", "--slurm", str(SWEEP), cwd=tmp_path, timeout=60)
     assert plan.returncode == 0 and "chosen:" in plan.stdout and "why: fewest node-hours" in plan.stdout
+
+
+# --- Dask and Ray clusters that the job starts itself ----------------------------------
+
+WHERE_PY = """\
+import json, os, sys, time
+from pathlib import Path
+
+import hpcflow
+
+
+def probe(i):
+    time.sleep(1.0)  # long enough for the tasks to spread over every worker
+    worker = None
+    if "distributed" in sys.modules:
+        try:
+            worker = "dask:" + sys.modules["distributed"].get_worker().address
+        except ValueError:
+            pass
+    if worker is None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        worker = "ray:" + sys.modules["ray"].get_runtime_context().get_node_id()
+    return {"i": i, "square": i * i, "node": os.environ.get("SLURMD_NODENAME"),
+            "worker": worker, "hpcflow": os.path.dirname(hpcflow.__file__)}
+
+
+def collect(rows, out):
+    Path(out).write_text(json.dumps(rows))
+    return sum(row["square"] for row in rows)
+"""
+
+WHERE_YAML = """\
+name: where
+defaults:
+  resources: {{cores: 1, memory: 100M, time: 2s}}
+tasks:
+  - id: probe
+    python: where:probe
+    sweep: {{product: {{i: {{range: [0, 12]}}}}}}
+  - id: collect
+    python: where:collect
+    args: {{rows: "${{probe[*]}}", out: {out}}}
+outputs:
+  total: "${{collect}}"
+"""
+
+
+def _where_workflow(tmp_path: Path) -> Path:
+    """Twelve 1-s tasks that say where they ran (Slurm node, Dask worker or Ray node,
+    the hpcflow they imported) and a gather that writes it all to rows.json."""
+    (tmp_path / "where.py").write_text(WHERE_PY)
+    spec = tmp_path / "where.yaml"
+    spec.write_text(WHERE_YAML.format(out=json.dumps(str(tmp_path / "rows.json"))))
+    return spec
+
+
+def _job_processes(job: str) -> list[str]:
+    """Processes still running with this job's SLURM_JOB_ID in their environment."""
+    mark = f"SLURM_JOB_ID={job}".encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                left.append(f"{proc.name} {command}")
+        except OSError:
+            continue
+    return left
+
+
+def _no_processes_left(job: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := _job_processes(job)) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    assert not left, f"job {job} left processes behind: {left}"
+
+
+def _batch_text(run_dir: str, job: str, kind: str) -> str:
+    return (Path(run_dir) / "batch" / f"slurm-{job}.{kind}").read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_submit_starts_its_own_cluster_on_two_nodes(cluster, tmp_path, engine):
+    import hpcflow
+
+    if int(cluster["HPCFLOW_SLURM_NODES"]) < 2:
+        pytest.skip("the local cluster has one node: sudo slurm/start.sh --nodes 2")
+    pytest.importorskip("distributed" if engine == "dask" else "ray",
+                        reason=f"pip install 'hpcflow-mpi[{engine}]'")
+    started = time.monotonic()
+    result = submit(_where_workflow(tmp_path), "--engine", engine, "--nodes", "2", cwd=tmp_path)
+    job, run_dir = result["job_id"], result["run_dir"]
+    state = wait_final(run_dir)
+    print(f"\n{engine} on 2 nodes: job {job} {state['state']} after {time.monotonic() - started:.1f} s"
+          f" (Slurm: {state.get('elapsed')})")
+    err = _batch_text(run_dir, job, "err")
+    assert state["state"] == "COMPLETED", err
+    info = run_info(run_dir)
+    assert info["status"] == "succeeded" and info["engine"] == engine, err
+    assert "output total = 506" in _batch_text(run_dir, job, "out")
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert sorted(r["i"] for r in rows) == list(range(12))
+    assert all(r["square"] == r["i"] ** 2 for r in rows)
+    assert {r["hpcflow"] for r in rows} == {os.path.dirname(hpcflow.__file__)}  # this checkout
+    nodes = {r["node"] for r in rows}
+    workers = {r["worker"] for r in rows}
+    assert len(nodes) == 2 and None not in nodes, rows  # work ran on both nodes
+    assert all(w and w.startswith(f"{engine}:") for w in workers), workers
+    where = {w: {r["node"] for r in rows if r["worker"] == w} for w in workers}
+    assert all(len(n) == 1 for n in where.values()), where  # each worker stands on one node
+    assert len(workers) == (3 if engine == "dask" else 2), where  # 1 + 2 slots / 2 nodes
+    assert "hpcflow cluster wait:" in err and f"the {engine} cluster stopped" in err
+    assert "did not end within" not in err  # every part stopped by itself, nothing was killed
+    _no_processes_left(job)
+    steps = run_slurm(["sacct", "-j", job, "-n", "-P", "--format=JobName,State,ExitCode"]).stdout
+    workers = [line.split("|") for line in steps.splitlines() if line.startswith("hpcflow-")]
+    assert workers, steps
+    if engine == "dask":  # the scheduler closed them: every nanny exited 0
+        assert all(state == "COMPLETED" and code == "0:0" for _, state, code in workers), steps
+    else:  # `ray start --block` ends its node on TERM, then exits 1 (Ray's choice)
+        assert all(code in ("0:0", "1:0") for _, _, code in workers), steps
+    if engine == "ray":
+        assert not list(Path("/tmp").glob(f"hpcflow-ray-{job}*")), "Ray's files were left in /tmp"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_cluster_that_cannot_start_stops_the_job_at_once(cluster, tmp_path):
+    pytest.importorskip("distributed", reason="pip install 'hpcflow-mpi[dask]'")
+    python = tmp_path / "python"  # the real one, except that no Dask worker can start
+    python.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        if [ "$2" = distributed.cli.dask_worker ]; then echo "no worker today" >&2; exit 1; fi
+        exec {sys.executable} "$@"
+        """))
+    python.chmod(0o755)
+    started = time.monotonic()
+    result = submit(_where_workflow(tmp_path), "--engine", "dask", "--nodes", "2", "--python",
+                    str(python), cwd=tmp_path)
+    job, run_dir = result["job_id"], result["run_dir"]
+    state = wait_final(run_dir, timeout=150)
+    took = time.monotonic() - started
+    print(f"\ndask cluster that cannot start: job {job} {state['state']} after {took:.1f} s")
+    err = _batch_text(run_dir, job, "err")
+    assert state["state"] == "FAILED" and state["exit_code"].startswith("3"), (state, err)
+    assert "exited while waiting for" in err and "the dask cluster did not come up" in err
+    assert took < 120  # the watch ended the wait; the 300 s start time-out did not
+    assert run_info(run_dir)["status"] == "submitted"  # nothing ran
+    assert not (tmp_path / "rows.json").exists()
+    _no_processes_left(job)
+
+
+NAPS_PY = """\
+import os, time
+
+
+def nap(i, log):
+    with open(log, "a") as fh:
+        fh.write(f"{i} {os.environ.get('SLURM_JOB_ID')}\\n")
+    time.sleep(6.0)
+    return i
+"""
+
+NAPS_YAML = """\
+name: dask-naps
+defaults:
+  resources: {{cores: 1, memory: 100M, time: 6s}}
+tasks:
+  - id: nap
+    python: naps:nap
+    sweep: {{product: {{i: {{range: [0, 6]}}}}}}
+    args: {{log: {log}}}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_usr1_continues_a_dask_run_in_a_job_with_a_new_cluster(cluster, tmp_path):
+    """USR1 to the batch shell (as Slurm sends it before the walltime) reaches the
+    coordinator: it starts nothing more, the running tasks finish, the run exits 75 and
+    the continuation job, with a Dask cluster of its own, runs the rest."""
+    pytest.importorskip("distributed", reason="pip install 'hpcflow-mpi[dask]'")
+    log = tmp_path / "naps.log"
+    (tmp_path / "naps.py").write_text(NAPS_PY)
+    spec = tmp_path / "naps.yaml"
+    spec.write_text(NAPS_YAML.format(log=json.dumps(str(log))))
+    started = time.monotonic()
+    result = submit(spec, "--engine", "dask", "--nodes", "2", cwd=tmp_path)
+    first, run_dir = result["job_id"], result["run_dir"]
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().strip()):
+        assert time.monotonic() < deadline, "no task started"
+        time.sleep(0.5)
+    sent = run_slurm(["scancel", "--signal=USR1", "--batch", first])
+    assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 240
+    while (info := run_info(run_dir)).get("status") not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, info
+        time.sleep(POLL)
+    print(f"\ndask run continued after USR1: {info['status']} after "
+          f"{time.monotonic() - started:.1f} s")
+    second = info["slurm_job_id"]
+    assert info["status"] == "succeeded" and second != first, info
+    assert "the dask cluster stopped" in _batch_text(run_dir, first, "err")
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(i) for i, _ in runs) == list(range(6))  # each task ran once
+    assert {job for _, job in runs} == {first, second}  # some in each job
+    assert wait_final(run_dir)["state"] == "COMPLETED"
+    for job in (first, second):
+        _no_processes_left(job)
+
+
+GPU_SPREAD = """\
+name: gpu-spread
+defaults:
+  resources: {cores: 1, gpus: 1, memory: 100M, time: 3s}
+tasks:
+  - id: probe
+    shell: >-
+      s=$(date +%s.%N); sleep 2; e=$(date +%s.%N);
+      printf '%s %s %s %s' "$SLURMD_NODENAME" "$CUDA_VISIBLE_DEVICES" "$s" "$e" > {out}
+    sweep: {product: {i: [0, 1, 2, 3, 4, 5]}}
+    outputs: {out: gpu.txt}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_gpu_tasks_on_the_job_s_own_cluster_get_gpus_of_their_own(cluster, tmp_path, engine):
+    """Each GPU task sees one GPU, and two tasks that ran at the same time on one node
+    never saw the same one (Dask: each worker its own, by --gpus-per-task; Ray: its node's
+    GPUs, which Ray hands out)."""
+    if int(cluster["HPCFLOW_SLURM_GPUS_PER_NODE"]) < 2 or int(cluster["HPCFLOW_SLURM_NODES"]) < 2:
+        pytest.skip("needs 2 nodes with 2 GPUs each: sudo slurm/start.sh --nodes 2 --gpus 2")
+    pytest.importorskip("distributed" if engine == "dask" else "ray",
+                        reason=f"pip install 'hpcflow-mpi[{engine}]'")
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(GPU_SPREAD)
+    started = time.monotonic()
+    result = submit(spec, "--engine", engine, "--nodes", "2", cwd=tmp_path)
+    run_dir = result["run_dir"]
+    state = wait_final(run_dir)
+    print(f"\n{engine} GPU tasks on 2 nodes: {state['state']} after {time.monotonic() - started:.1f} s")
+    assert state["state"] == "COMPLETED", _batch_text(run_dir, result["job_id"], "err")
+    seen = []
+    for i in range(6):
+        node, gpus, start, end = (Path(run_dir) / "tasks" / f"probe[{i}]" / "gpu.txt").read_text().split()
+        seen.append((node, gpus, float(start), float(end)))
+    assert all(gpus.isdigit() for _, gpus, _, _ in seen), seen  # one GPU each
+    assert len({node for node, _, _, _ in seen}) == 2, seen
+    for k, (node, gpus, start, end) in enumerate(seen):
+        for other in seen[k + 1:]:
+            if other[0] == node and other[2] < end and start < other[3]:  # at the same time
+                assert other[1] != gpus, seen
+    _no_processes_left(result["job_id"])

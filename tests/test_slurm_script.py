@@ -83,6 +83,11 @@ CASES = {  # case: (workflow, profile, overrides, batch_job options)
                                {"account": "other-proj", "qos": "high", "constraint": "cpu&ib"}),
     "gpu-local": ("gpu", "local", {}, {}),
     "gpu-gpu-site": ("gpu", "gpu-site", {}, {}),
+    # the engine's own cluster inside the allocation (frameworks.py)
+    "sweep-local-dask": ("sweep", "local", {"nodes": 2, "engine": "dask"}, {"engine": "dask"}),
+    "sweep-local-ray": ("sweep", "local", {"nodes": 2, "engine": "ray"}, {"engine": "ray"}),
+    "gpu-local-dask": ("gpu", "local", {"engine": "dask"}, {"engine": "dask"}),
+    "gpu-gpu-site-ray": ("gpu", "gpu-site", {"engine": "ray"}, {"engine": "ray"}),
 }
 
 
@@ -421,3 +426,174 @@ def test_submit_errors_name_the_field_and_exit_2(tmp_path):
         assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
     done = _hpcflow("submit", sweep, cwd=tmp_path)  # no profile and no Slurm here
     assert done.returncode == 3 and "not found" in done.stderr
+
+
+# --- Dask and Ray clusters inside the allocation (frameworks.py), without Slurm ---------
+
+def test_cluster_scripts_declare_the_sized_slots():
+    dask = (GOLDEN / "sweep-local-dask.sh").read_text()
+    # the batch host keeps the coordinator's slot: 1 worker there, 2 on the other node
+    assert '--ntasks=1 --ntasks-per-node=1 --nodelist="${SLURMD_NODENAME}"' in dask
+    assert '--ntasks=2 --ntasks-per-node=2 --exclude="${SLURMD_NODENAME}"' in dask
+    assert "--resources=cores=1,memory=4718592000" in dask and "--workers=3" in dask
+    assert '--engine dask --address "${address}" --resume /scratch/' in dask
+    gpu = (GOLDEN / "gpu-local-dask.sh").read_text()
+    assert "--gpus-per-task=2" in gpu and "--gpus-per-task=1" in gpu  # each worker its own GPUs
+    assert "--resources=cores=1,gpus=1,memory=4718592000" in gpu
+    ray = (GOLDEN / "sweep-local-ray.sh").read_text()
+    assert "--head --port=0" in ray and "--num-cpus=1 --num-gpus=0" in ray
+    assert "--ntasks-per-node=1 --exclude=" in ray and "--cpus-per-task=2" in ray
+    assert "--nodes=2 --timeout=300" in ray and "ray stop" not in ray.replace("`ray stop`", "")
+    assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN" in ray
+    alone = (GOLDEN / "gpu-gpu-site-ray.sh").read_text()  # one node: the head alone
+    assert "srun" not in alone.split("cluster_failed() {")[1].split("hpcflow run")[0]
+    assert "--num-cpus=48 --num-gpus=4" in alone
+
+
+def test_the_profile_can_choose_the_engine_and_its_start_timeout():
+    profile = _local().model_copy(update={"engine": "ray", "cluster_start_timeout": 60})
+    text = render_script(batch_job(_sweep_sizing(profile), profile, workflow="wf", run_dir="/r",
+                                   spec="/s.yaml"))
+    assert "--engine ray --address" in text and "--timeout=60 " in text
+    assert "timeout --kill-after=10 90 " in text
+
+
+def _fake_cluster_tools(tmp_path: Path) -> tuple[dict[str, str], str, Path]:
+    """A PATH where srun, squeue and scancel are small stand-ins, and a hostile-named
+    interpreter that plays the scheduler, the workers, ``cluster wait`` and ``run``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "log"
+    (bin_dir / "srun").write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        name=
+        while [ $# -gt 0 ] && [ "${{1#--}}" != "$1" ]; do
+          case $1 in --job-name=*) name=${{1#--job-name=}} ;; esac
+          shift
+        done
+        echo "$$ $name" >> "{tmp_path}/steps"
+        "$@" &
+        child=$!
+        trap 'kill -TERM $child' TERM
+        wait $child
+        wait $child
+        """))
+    (bin_dir / "squeue").write_text(f'#!/bin/bash\ncat "{tmp_path}/steps" 2>/dev/null\n')
+    (bin_dir / "scancel").write_text("#!/bin/bash\n[ \"$1\" = --signal=TERM ] && kill -TERM \"$2\"\n")
+    python = f"{tmp_path}/py $(touch pwned); `touch pwned`"  # run in tmp_path: makes ./pwned
+    Path(python).write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        echo "call $*" >> "{log}"
+        case $2 in
+          distributed.cli.*|ray.scripts.scripts)
+            echo $$ >> "{tmp_path}/parts"
+            sleep 60 &
+            s=$!
+            trap 'echo "stopped $2 $4" >> "{log}"; kill $s; exit 0' TERM
+            wait $s ;;
+          hpcflow)
+            if [ "$4" = stop ]; then  # as the Dask scheduler: it ends every part
+              kill -TERM $(cat "{tmp_path}/parts")
+              exit 0
+            fi
+            if [ "$3" = cluster ]; then  # as a real wait: the parts have started by then
+              sleep 0.5
+              echo tcp://fake:1
+              exit "${{FAKE_WAIT:-0}}"
+            fi
+            printf '%s\\n' "$@" > "{tmp_path}/run-argv" ;;
+        esac
+        """))
+    for tool in [*bin_dir.iterdir(), Path(python)]:
+        tool.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURMD_NODENAME="n1",
+               SLURM_JOB_ID=f"test-{os.getpid()}-{time.monotonic_ns()}")
+    return env, python, log
+
+
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+@pytest.mark.parametrize("wait_code", [0, 3])
+def test_cluster_script_starts_runs_and_stops_in_order(tmp_path, engine, wait_code):
+    env, python, log = _fake_cluster_tools(tmp_path)
+    env["FAKE_WAIT"] = str(wait_code)
+    spec = f"{tmp_path}/wf $(touch pwned);`touch pwned`.yaml"
+    run_dir = tmp_path / "run"
+    (run_dir / "batch").mkdir(parents=True)
+    profile = _local()
+    sizing = size(WORKFLOWS["sweep"](), analyse(WORKFLOWS["sweep"]()), profile,
+                  Overrides(nodes=2, engine=engine))
+    script = tmp_path / "job.sh"
+    script.write_text(render_script(batch_job(sizing, profile, workflow="wf", run_dir=str(run_dir),
+                                              spec=spec, python=python, engine=engine)))
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)
+    assert not (tmp_path / "pwned").exists(), "a hostile value was executed"
+    calls = log.read_text().splitlines()
+    stopped = [line.removeprefix("stopped ") for line in calls if line.startswith("stopped ")]
+    started = [line for line in calls if line.startswith("call -m ") and line.split()[2] != "hpcflow"]
+    if wait_code:  # Dask: every part started; Ray: the head, whose address the others need
+        assert len(started) == (3 if engine == "dask" else 1) == len(stopped), calls
+        assert done.returncode == 3, done.stderr
+        assert f"the {engine} cluster did not come up" in done.stderr
+        assert not (tmp_path / "run-argv").exists()  # nothing ran
+        return
+    assert done.returncode == 0, done.stderr
+    assert len(started) == (3 if engine == "dask" else 2) == len(stopped), calls
+    if engine == "dask":  # the scheduler is asked to close itself and its workers
+        asked = next(k for k, line in enumerate(calls) if " cluster stop dask " in line)
+        assert all(k > asked for k, line in enumerate(calls) if line.startswith("stopped "))
+    else:  # TERM to the other nodes first, the head last
+        assert stopped == ["ray.scripts.scripts --address=tcp://fake:1", "ray.scripts.scripts --head"]
+    argv = (tmp_path / "run-argv").read_text().splitlines()
+    assert argv == ["-m", "hpcflow", "run", "--engine", engine, "--address", "tcp://fake:1",
+                    "--resume", str(run_dir), spec]
+    assert f"the {engine} cluster stopped" in done.stderr
+
+
+# --- hpcflow cluster wait (inside the job) ---------------------------------------------
+
+def test_cluster_wait_ray_head_reads_the_address_file(tmp_path):
+    (tmp_path / "ray_current_cluster").write_text("10.0.0.1:6380\n")
+    done = _hpcflow("cluster", "wait", "ray", "--temp-dir", str(tmp_path), "--timeout", "5",
+                    cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout == "10.0.0.1:6380\n", done.stderr
+
+
+def test_cluster_wait_ends_at_once_when_a_watched_part_exited(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    started = time.monotonic()
+    done = _hpcflow("cluster", "wait", "dask", "--scheduler-file", str(tmp_path / "none.json"),
+                    "--workers", "2", "--timeout", "60", f"--watch=workers-1={gone.pid}",
+                    cwd=tmp_path)
+    assert done.returncode == 3 and "workers-1" in done.stderr and done.stdout == ""
+    assert time.monotonic() - started < 30
+    done = _hpcflow("cluster", "wait", "ray", "--temp-dir", str(tmp_path), "--timeout", "1",
+                    cwd=tmp_path)
+    assert done.returncode == 3 and "waited 1 s for the Ray head's address file" in done.stderr
+
+
+def test_submit_dry_run_with_the_dask_engine(tmp_path):
+    sweep, local = str(ROOT / "examples" / "sweep" / "workflow.yaml"), str(CLUSTERS / "local.yaml")
+    done = _hpcflow("submit", "--dry-run", "--profile", local, "--engine", "dask", sweep, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "distributed.cli.dask_scheduler" in done.stdout and "--engine dask --address" in done.stdout
+
+
+def test_a_batch_host_without_a_worker_slot_runs_only_the_scheduler_or_head():
+    """One task per node: the batch host's only slot is the coordinator's."""
+    profile = load_profile(CLUSTERS / "cpu-site.yaml")
+    plan = WORKFLOWS["sweep"]()
+    for engine in ("dask", "ray"):
+        sizing = size(plan, analyse(plan), profile, Overrides(nodes=3, ntasks_per_node=1,
+                                                              cpus_per_task=4, engine=engine))
+        text = render_script(batch_job(sizing, profile, workflow="wf", run_dir="/r",
+                                       spec="/s.yaml", engine=engine))
+        sruns = [line for line in text.splitlines() if line.startswith("srun ")]
+        assert len(sruns) == 1 and "--nodes=2 --ntasks=2 --ntasks-per-node=1 --exclude=" in sruns[0]
+        assert "--cpus-per-task=4 " in sruns[0]
+        if engine == "dask":
+            assert "--workers=2 " in text
+        else:
+            assert "--head --port=0 --temp-dir=\"${ray_dir}\" --num-cpus=0 --num-gpus=0 --include" in text
+            assert "--nodes=3 " in text

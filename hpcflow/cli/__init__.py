@@ -111,8 +111,9 @@ def _sizing_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time", help="wall time to request, e.g. 2h or 01:30:00 "
                    "('none': the partition's default, where the profile allows it)")
     g.add_argument("--deadline", help="the run must finish within this run time, e.g. 30m")
-    g.add_argument("--engine", choices=["mpi", "local"],
-                   help="engine inside the job (default: the profile's, mpi)")
+    g.add_argument("--engine", choices=["mpi", "local", "dask", "ray"],
+                   help="engine inside the job (default: the profile's, mpi); dask and ray: "
+                   "the job starts that cluster across its allocation first")
 
 
 def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
@@ -139,6 +140,23 @@ def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
     d = cluster.add_parser("discover", help="write a profile from what the cluster reports")
     d.add_argument("-o", "--output", help="write the profile YAML here (default: print it)")
     d.add_argument("--name", default="cluster", help="the profile's name")
+    w = cluster.add_parser("wait", help="inside a batch job: wait until the Dask or Ray cluster "
+                           "it started is up, then print its address (the script of "
+                           "submit --engine dask|ray runs this)")
+    w.add_argument("engine", choices=["dask", "ray"])
+    w.add_argument("--scheduler-file", help="dask: the file the scheduler writes")
+    w.add_argument("--workers", type=int, default=1, help="dask: workers to wait for")
+    w.add_argument("--temp-dir", help="ray: the head's --temp-dir (print its address)")
+    w.add_argument("--address", help="ray: the cluster to count the nodes of")
+    w.add_argument("--nodes", type=int, default=1, help="ray: live nodes to wait for")
+    w.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    w.add_argument("--watch", action="append", metavar="NAME=PID",
+                   help="a part of the cluster; its exit ends the wait at once (repeatable)")
+    s = cluster.add_parser("stop", help="inside a batch job: close the Dask scheduler and its "
+                           "workers (the script of submit --engine dask runs this)")
+    s.add_argument("engine", choices=["dask"])
+    s.add_argument("--scheduler-file", required=True, help="the file the scheduler wrote")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to reach it (default 30)")
 
 
 def _version() -> str:

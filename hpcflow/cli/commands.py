@@ -298,10 +298,37 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from hpcflow.scheduler.slurm.profile import discover
 
+    if args.cluster_command == "wait":
+        return _cluster_wait(args)
+    if args.cluster_command == "stop":
+        from hpcflow.scheduler.slurm import ready
+
+        ready.stop_dask(args.scheduler_file, args.timeout)
+        return EXIT_OK
     text = discover(name=args.name).to_yaml()
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}: review it (set-up lines, account, memory and GPU style)")
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cluster_wait(args: argparse.Namespace) -> int:
+    """``hpcflow cluster wait dask|ray``: the address on stdout once the cluster is up."""
+    from hpcflow.errors import SpecError
+    from hpcflow.scheduler.slurm import ready
+
+    watch = ready.parse_watch(args.watch)
+    if args.engine == "dask":
+        if not args.scheduler_file:
+            raise SpecError("dask needs --scheduler-file", field="--scheduler-file")
+        address = ready.wait_dask(args.scheduler_file, args.workers, args.timeout, watch)
+    elif args.temp_dir:
+        address = ready.ray_head(args.temp_dir, args.timeout, watch)
+    elif args.address:
+        address = ready.wait_ray(args.address, args.nodes, args.timeout, watch)
+    else:
+        raise SpecError("ray needs --temp-dir (the head's address) or --address", field="--address")
+    print(address, flush=True)
     return EXIT_OK

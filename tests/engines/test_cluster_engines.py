@@ -191,3 +191,24 @@ def _interrupt(options: list[str], scratch: Path) -> tuple[int, float, list[psut
 def _last_event(scratch: Path) -> tuple:
     [run] = (scratch / "runs").iterdir()
     return tuple(list(read_journal(run / "journal.bin"))[-1][:2])
+
+
+@on("dask")
+def test_a_dask_cluster_s_gpu_ids_are_each_worker_s_own(engine):
+    """Slots of a running cluster take the GPU ids each worker sees (as Slurm's
+    --gpus-per-task sets them for the workers a batch job starts), not the client's."""
+    import distributed
+
+    from hpcflow.engine.backends.dask import _cluster_slots
+
+    workers = {f"w{k}": {"cls": distributed.Nanny, "options": {
+        "nthreads": 1, "resources": {"cores": 1, "gpus": 1}, "host": "127.0.0.1",
+        "env": {"CUDA_VISIBLE_DEVICES": str(k + 5)}}} for k in range(2)}
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "port": 0,
+                                                            "dashboard_address": ":0"}}
+    with distributed.SpecCluster(workers=workers, scheduler=scheduler) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        slots, _, declared = _cluster_slots(client)
+    assert sorted(slot.gpus for slot in slots) == [("5",), ("6",)]
+    assert declared["gpus"] == 1.0

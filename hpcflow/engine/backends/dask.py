@@ -290,7 +290,7 @@ def _cluster_slots(client: distributed.Client) -> tuple[list[Slot], list[str], d
         raise EngineError("the Dask cluster has no workers")
     gpu_ids: dict[str, Any] = {}
     if any(w.get("resources", {}).get("gpus") for w in workers.values()):
-        gpu_ids = client.run(os.environ.get, "CUDA_VISIBLE_DEVICES")
+        gpu_ids = client.run(_visible_gpus)
     slots: list[Slot] = []
     addresses: list[str] = []
     for address, info in sorted(workers.items()):
@@ -305,6 +305,14 @@ def _cluster_slots(client: distributed.Client) -> tuple[list[Slot], list[str], d
             slots.append(replace(share, index=len(slots)))
             addresses.append(address)
     return slots, addresses, _largest([w.get("resources") or {} for w in workers.values()])
+
+
+def _visible_gpus() -> str | None:
+    """The worker's own ``CUDA_VISIBLE_DEVICES``. A module function on purpose: given
+    ``os.environ.get``, ``client.run`` would pickle the bound method with the *client's*
+    environment by value (every worker then reported the client's GPUs, and the client's
+    whole environment travelled to the workers)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def _largest(declared: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -147,7 +147,12 @@ class Profile(_Model):
     mpiexec: str = Field("mpiexec", min_length=1)
     python: str | None = Field(None, description="Interpreter in the job; null: the one "
                                "running hpcflow submit.")
-    engine: Literal["mpi", "local"] = "mpi"
+    engine: Literal["mpi", "local", "dask", "ray"] = Field("mpi", description=(
+        "Engine inside the job: mpi (srun or mpiexec), local (one node), or dask / ray (the "
+        "script starts that cluster across the allocation first)."))
+    cluster_start_timeout: int = Field(300, ge=10, le=3600, description=(
+        "dask / ray: seconds for the scheduler or head and every worker to join; else the "
+        "job stops before the run."))
     signal_grace: int = Field(120, ge=10, le=3600, description="USR1 this many s before the limit.")
     margin_fraction: float = Field(0.10, ge=0, le=10)
     margin_seconds: int = Field(60, ge=0)
@@ -168,7 +173,8 @@ class Profile(_Model):
     def to_yaml(self) -> str:
         head = (f"# hpcflow cluster profile '{self.name}' (docs/architecture.md, \"Slurm\").\n"
                 "# memory: mem | mem-per-cpu | mem-per-gpu; gpus: gpus | gpus-per-node | gres;\n"
-                "# launcher: srun (srun_mpi: pmi2 suits the mpich wheel) | mpiexec.\n")
+                "# launcher: srun (srun_mpi: pmi2 suits the mpich wheel) | mpiexec;\n"
+                "# engine: mpi | local | dask | ray.\n")
         return head + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 

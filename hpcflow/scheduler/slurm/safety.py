@@ -11,6 +11,9 @@ else :class:`UnsafeValueError` names the field and the first character refused.
 Values in the script's body (the interpreter, the spec path, the run folder, set-up
 words, ``env`` values) are never matched against patterns but ``shlex.quote``\\d, so
 bash sees each as one literal word: ``$(...)``, backticks, ``;`` and spaces do nothing.
+Where a word must hold a value known only in the job (the Dask scheduler's address, the
+batch host's node name), it says so with :class:`Var` (written ``"${name}"``, the name
+checked) or :class:`Join` (literal parts quoted, variables double-quoted, one word).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from hpcflow.errors import Location
 from hpcflow.scheduler.slurm.errors import UnsafeValueError
@@ -112,6 +116,36 @@ def split_command(line: str, field: str, location: Location | None = None) -> tu
     return words
 
 
-def quote_words(words: Iterable[str]) -> str:
+@dataclass(frozen=True)
+class Var:
+    """A shell variable's value as one word of a command: written ``"${name}"``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Join:
+    """One word made of literal text and variables, e.g. ``--nodelist=`` and
+    ``Var("SLURMD_NODENAME")``: ``--nodelist="${SLURMD_NODENAME}"``."""
+
+    parts: tuple[str | Var | Join, ...]
+
+
+Word = str | int | Var | Join
+"""A word of a command in the script's body."""
+
+
+def quote_word(word: Word) -> str:
+    """``word`` as bash must read it: literal text ``shlex.quote``\\d, a variable
+    double-quoted (its name checked), the parts of a :class:`Join` side by side."""
+    if isinstance(word, Var):
+        return f'"${{{check_env_name(word.name, "variable")}}}"'
+    if isinstance(word, Join):
+        return "".join(shlex.quote(part) if isinstance(part, str) else quote_word(part)
+                       for part in word.parts if part != "") or "''"
+    return shlex.quote(str(word))
+
+
+def quote_words(words: Iterable[Word]) -> str:
     """One line of shell: each word quoted, so bash reads it back unchanged."""
-    return " ".join(shlex.quote(str(w)) for w in words)
+    return " ".join(quote_word(w) for w in words)

@@ -17,17 +17,22 @@ import sys
 from dataclasses import dataclass
 
 from hpcflow.engine.walltime import EXIT_WALLTIME
+from hpcflow.errors import EngineError
 from hpcflow.model.resources import format_slurm_time
-from hpcflow.scheduler.slurm import template
+from hpcflow.scheduler.slurm import frameworks, template
+from hpcflow.scheduler.slurm.frameworks import Framework
 from hpcflow.scheduler.slurm.profile import Profile
 from hpcflow.scheduler.slurm.safety import (
+    Var,
+    Word,
     check_directive,
     check_env_name,
     check_path,
+    quote_word,
     quote_words,
     split_command,
 )
-from hpcflow.scheduler.slurm.shape import gpu_request, memory_request
+from hpcflow.scheduler.slurm.shape import allocation_slots, gpu_request, memory_request
 from hpcflow.scheduler.slurm.sizing import Sizing
 
 BATCH_FOLDER = "batch"
@@ -42,15 +47,17 @@ must not resubmit itself for ever)."""
 class BatchJob:
     """Everything a script says, before checking. ``directives``: ``(name, value)`` for
     ``#SBATCH --name=value`` in order; ``setup``: commands as words; ``env``: exported
-    variables; ``launch``: the launch command as words."""
+    variables; ``launch``: the launch command as words; ``cluster``: the Dask or Ray
+    cluster started before the launch and stopped after it (:mod:`.frameworks`)."""
 
     job_name: str
     directives: tuple[tuple[str, str], ...]
     setup: tuple[tuple[str, ...], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    launch: tuple[str, ...] = ()
+    launch: tuple[Word, ...] = ()
     script: str = ""
     """Where the script itself lies (the run's batch folder): a continuation resubmits it."""
+    cluster: Framework | None = None
 
 
 def job_name(workflow: str) -> str:
@@ -82,12 +89,22 @@ def batch_job(sizing: Sizing, profile: Profile, *, workflow: str, run_dir: str, 
         ("error", f"{run_dir}/{BATCH_FOLDER}/slurm-%j.err"),
     ]
     setup = tuple(split_command(line, f"defaults.setup[{k}]") for k, line in enumerate(defaults.setup))
+    engine = engine or profile.engine
+    python = python or profile.python or sys.executable
+    cluster = None
+    if engine in frameworks.ENGINES:
+        slots = allocation_slots(shape, sizing.partition, profile.memory)
+        cluster = frameworks.framework(engine, shape, slots, python=python, run_dir=run_dir,
+                                       timeout=profile.cluster_start_timeout,
+                                       gpu_style=profile.gpus)
+        launch = frameworks.launch(engine, python, run_dir, spec)
+    else:
+        launch = _launch(sizing, profile, engine, python, run_dir, spec)
     return BatchJob(
         job_name=job_name(workflow),
         directives=tuple((n, str(v)) for n, v in directives if v is not None),
-        setup=setup, env=tuple(defaults.env.items()),
-        launch=_launch(sizing, profile, engine or profile.engine, python, run_dir, spec),
-        script=f"{run_dir}/{BATCH_FOLDER}/{SCRIPT_NAME}")
+        setup=setup, env=tuple(defaults.env.items()), launch=launch,
+        script=f"{run_dir}/{BATCH_FOLDER}/{SCRIPT_NAME}", cluster=cluster)
 
 
 def render_script(job: BatchJob) -> str:
@@ -102,12 +119,60 @@ def render_script(job: BatchJob) -> str:
               for k, v in job.env]
     if not job.launch:
         raise ValueError("a batch job needs a launch command")
+    start, stop = _cluster_text(job.cluster) if job.cluster else ("", "")
     return string.Template(template.SCRIPT).substitute(
         directives="\n".join(lines),
         job_name=check_directive("job-name", job.job_name),
         setup="\n".join(setup) if setup else template.NO_SETUP,
         launch=quote_words(job.launch), script=quote_words([job.script or "$0"]),
-        walltime_code=str(EXIT_WALLTIME), max_chain=str(MAX_CHAIN))
+        walltime_code=str(EXIT_WALLTIME), max_chain=str(MAX_CHAIN),
+        cluster_start=start, cluster_stop=stop)
+
+
+def _cluster_text(cluster: Framework) -> tuple[str, str]:
+    """The lines that start ``cluster`` (before the launch) and stop it (after the run)."""
+    parts = cluster.parts
+    pids = [quote_word(Var(p.pid)) for p in parts]
+    start = [template.RAY_TOKEN] if cluster.engine == "ray" else []
+    start += [" ".join(f"{check_env_name(p.pid, 'pid variable')}=" for p in parts)]
+    start += [f"{check_env_name(name, 'variable')}={quote_word(value)}"
+              for name, value in cluster.variables]
+    start += [f"rm -rf -- {quote_words(cluster.fresh)}"] if cluster.fresh else []
+
+    def background(part: frameworks.Part) -> list[str]:
+        log = f" >{quote_word(part.log)} 2>&1" if part.log is not None else ""
+        return [f"{quote_words(part.words)}{log} &", f"{part.pid}=$!"]
+
+    def wait(words: tuple[Word, ...]) -> str:
+        return f"address=$({quote_words(words)}) || cluster_failed"
+
+    start += background(cluster.head)
+    start += [wait(cluster.head_wait)] if cluster.head_wait else []
+    for part in cluster.workers:
+        start += background(part)
+    start += [wait(cluster.wait)] if cluster.wait else []
+    fields = {"engine": cluster.engine, "timeout": str(cluster.timeout),
+              "engine_code": str(EngineError.exit_code)}
+    about = string.Template(template.DASK_ABOUT if cluster.engine == "dask" else
+                            template.RAY_ABOUT).substitute(fields)
+    start_text = string.Template(template.CLUSTER_START).substitute(
+        fields, about=about, stop_grace=str(template.STOP_GRACE), all_pids=" ".join(reversed(pids)),
+        start="\n".join(start))
+    if cluster.stop:  # the cluster stops itself; what is left then gets TERM, then KILL
+        every = " ".join((*pids[1:], pids[0]))
+        stop = [quote_words(cluster.stop),
+                f"gone {template.STOP_GRACE} {every} || stop_cluster {every}"]
+    else:  # TERM to the other nodes' parts (their steps' tasks), then to the head
+        stop = [f"term_steps {quote_word(step)}" for step in dict.fromkeys(
+            p.step for p in cluster.workers if p.step)]
+        if cluster.workers:
+            workers = " ".join(pids[1:])
+            stop += [f"gone {template.STOP_GRACE} {workers} || stop_cluster {workers}"]
+        stop += [f"stop_cluster {pids[0]}"]
+    stop += [quote_words(words) for words in cluster.cleanup]
+    stop_text = string.Template(template.CLUSTER_STOP).substitute(
+        fields, stop="\n".join(stop))
+    return start_text, stop_text
 
 
 def _memory_directive(sizing: Sizing, profile: Profile) -> tuple[str, str]:
@@ -120,12 +185,11 @@ def _grace(time: float, profile: Profile) -> int:
     return max(10, min(profile.signal_grace, int(time // 2)))
 
 
-def _launch(sizing: Sizing, profile: Profile, engine: str, python: str | None, run_dir: str,
+def _launch(sizing: Sizing, profile: Profile, engine: str, python: str, run_dir: str,
             spec: str) -> tuple[str, ...]:
     """The launch as words: the engine under srun or mpiexec, or the local engine alone."""
     shape = sizing.shape
-    command = [python or profile.python or sys.executable, "-m", "hpcflow", "run",
-               "--engine", engine]
+    command = [python, "-m", "hpcflow", "run", "--engine", engine]
     # --resume: the first job starts the folder `hpcflow submit` prepared, a continuation
     # job goes on with it (the same words serve both)
     if engine == "local":

@@ -19,6 +19,15 @@ start only once this job has ended however it ends (``afterany``: the run folder
 is free by then; a job killed at its limit is continued too). The new job resumes the
 run (the launch always says ``--resume``). A run that finishes in this job after all
 cancels that job. ``HPCFLOW_CONTINUATION`` counts the chain (at most ``MAX_CHAIN``).
+
+Dask and Ray (:mod:`.frameworks` says what the commands are and why): the cluster starts
+after the trap is set (a USR1 during the start must not end the shell) and before the
+launch, each part in the background with its pid kept; ``hpcflow cluster wait``, under
+``timeout``, prints the address once every part has joined, or the job stops there with
+exit 3, stopping what did start. After the run's end the cluster is stopped (the Dask
+scheduler closes itself and its workers; Ray's parts get TERM; what is left after
+``STOP_GRACE`` s gets TERM, then KILL) before the continuation is decided. For the MPI
+and local engines ``${cluster_start}`` and ``${cluster_stop}`` are empty.
 """
 
 SCRIPT = """\
@@ -50,7 +59,7 @@ continue_run() {
     { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
 }
 trap 'usr1=1; continue_run; if [ -n "$${step}" ]; then kill -USR1 "$${step}" 2>/dev/null || true; fi' USR1
-${launch} &
+${cluster_start}${launch} &
 step=$$!
 wait "$${step}"
 status=$$?
@@ -61,7 +70,7 @@ while [ -n "$${usr1}" ]; do  # that wait was cut short by USR1: wait for the rea
   [ "$${code}" -eq 127 ] && break  # its end was already collected above
   status=$${code}
 done
-if [ "$${status}" -eq ${walltime_code} ]; then  # stopped for the walltime: continue
+${cluster_stop}if [ "$${status}" -eq ${walltime_code} ]; then  # stopped for the walltime: continue
   continue_run
 elif [ -n "$${cont}" ]; then  # finished (or failed) within this job after all
   scancel "$${cont}" 2>/dev/null || true
@@ -70,3 +79,70 @@ exit "$${status}"
 """
 
 NO_SETUP = "# (no set-up commands in the cluster profile)"
+
+STOP_GRACE = 30
+"""Seconds a cluster part has to end after TERM before it is killed."""
+
+DASK_ABOUT = """\
+# Dask in this allocation (docs/architecture.md, "Slurm"): the scheduler here, on the batch
+# host, and a one-thread worker in every task slot but the one this script runs in (srun),
+# each declaring its slot's cores, GPUs and memory as Dask resources. If the cluster is
+# not up within ${timeout} s, the job stops here (exit ${engine_code}). After the run the scheduler
+# closes its workers and itself (hpcflow cluster stop)."""
+
+RAY_ABOUT = """\
+# Ray in this allocation (docs/architecture.md, "Slurm"): the head here, on the batch host,
+# and one `ray start --block` on each other node (srun, one task per node), each declaring
+# its worker slots' CPUs, GPUs and memory. Ray's files go under /tmp (its socket paths
+# must stay short). If the cluster is not up within ${timeout} s, the job stops here
+# (exit ${engine_code}). After the run each --block process gets TERM and ends its node's Ray
+# processes; `ray stop` is not used: it would end every Ray process of the user on the node."""
+
+RAY_TOKEN = """\
+# Ray's token authentication with a token of this job's own (in the environment of its
+# processes only): ~/.ray/auth_token is shared by every Ray cluster of the user.
+RAY_AUTH_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \\n')
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN"""
+
+CLUSTER_START = """
+${about}
+gone() {  # wait up to $$1 s for the pids that follow to end; false if some did not
+  local pid left n=$$(($$1 * 2))
+  shift
+  while [ "$${n}" -gt 0 ]; do
+    left=
+    for pid in "$$@"; do [ -n "$${pid}" ] && kill -0 "$${pid}" 2>/dev/null && left=1; done
+    [ -z "$${left}" ] && return 0
+    n=$$((n - 1))
+    sleep 0.5
+  done
+  return 1
+}
+stop_cluster() {  # TERM to the pids given (to an srun: Slurm ends its step), ${stop_grace} s, then KILL
+  local pid
+  for pid in "$$@"; do [ -n "$${pid}" ] && kill -TERM "$${pid}" 2>/dev/null; done
+  gone ${stop_grace} "$$@" && return 0
+  echo "hpcflow: cluster processes did not end within ${stop_grace} s of TERM: killed" >&2
+  for pid in "$$@"; do [ -n "$${pid}" ] && kill -KILL "$${pid}" 2>/dev/null; done
+  return 0
+}
+term_steps() {  # TERM to the tasks of this job's steps named $$1, which then end themselves
+  local id name
+  timeout 30 squeue --noheader --steps --jobs="$${SLURM_JOB_ID}" --format="%i %j" 2>/dev/null |
+    while read -r id name; do
+      [ "$${name}" = "$$1" ] && timeout 30 scancel --signal=TERM "$${id}" 2>/dev/null
+    done
+}
+cluster_failed() {  # nothing ran: stop what did start, keep its logs
+  echo "hpcflow: the ${engine} cluster did not come up (see above); the workflow did not run" >&2
+  stop_cluster ${all_pids}
+  exit ${engine_code}
+}
+${start}
+
+"""
+
+CLUSTER_STOP = """\
+${stop}
+echo "hpcflow: the ${engine} cluster stopped" >&2
+"""

@@ -1,0 +1,111 @@
+#!/bin/bash
+#SBATCH --job-name=gpu-sweep
+#SBATCH --partition=gpu
+#SBATCH --account=ml-lab
+#SBATCH --constraint=a100&ib
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=5
+#SBATCH --cpus-per-task=12
+#SBATCH --mem-per-gpu=120000M
+#SBATCH --gres=gpu:4
+#SBATCH --time=00:13:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --output=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.out
+#SBATCH --error=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.err
+
+# hpcflow: this one job runs workflow gpu-sweep from start to end; the engine inside
+# it places the tasks on the job's ranks (docs/architecture.md, "Slurm"). The values
+# above were checked against allow-lists; every word below is quoted.
+set -eu
+module load cuda/12.2 mpich/4.1
+export HPCFLOW_MPI_BACKOFF=0.0005
+set +e
+
+# USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
+# It also submits, once, the job that continues this run after this one ends, however
+# it ends (afterany: the run's lock is free by then); a run that finishes cancels it.
+step=
+usr1=
+cont=
+continue_run() {
+  [ -n "${cont}" ] && return 0
+  n=${HPCFLOW_CONTINUATION:-0}
+  if [ "${n}" -ge 50 ]; then
+    echo "hpcflow: 50 continuation jobs ran; resume by hand: hpcflow run --resume" >&2
+    return 0
+  fi
+  export HPCFLOW_CONTINUATION=$((n + 1))
+  cont=$(sbatch --parsable --dependency="afterany:${SLURM_JOB_ID}" /scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/job.sh) ||
+    { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
+}
+trap 'usr1=1; continue_run; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
+
+# Ray in this allocation (docs/architecture.md, "Slurm"): the head here, on the batch host,
+# and one `ray start --block` on each other node (srun, one task per node), each declaring
+# its worker slots' CPUs, GPUs and memory. Ray's files go under /tmp (its socket paths
+# must stay short). If the cluster is not up within 300 s, the job stops here
+# (exit 3). After the run each --block process gets TERM and ends its node's Ray
+# processes; `ray stop` is not used: it would end every Ray process of the user on the node.
+gone() {  # wait up to $1 s for the pids that follow to end; false if some did not
+  local pid left n=$(($1 * 2))
+  shift
+  while [ "${n}" -gt 0 ]; do
+    left=
+    for pid in "$@"; do [ -n "${pid}" ] && kill -0 "${pid}" 2>/dev/null && left=1; done
+    [ -z "${left}" ] && return 0
+    n=$((n - 1))
+    sleep 0.5
+  done
+  return 1
+}
+stop_cluster() {  # TERM to the pids given (to an srun: Slurm ends its step), 30 s, then KILL
+  local pid
+  for pid in "$@"; do [ -n "${pid}" ] && kill -TERM "${pid}" 2>/dev/null; done
+  gone 30 "$@" && return 0
+  echo "hpcflow: cluster processes did not end within 30 s of TERM: killed" >&2
+  for pid in "$@"; do [ -n "${pid}" ] && kill -KILL "${pid}" 2>/dev/null; done
+  return 0
+}
+term_steps() {  # TERM to the tasks of this job's steps named $1, which then end themselves
+  local id name
+  timeout 30 squeue --noheader --steps --jobs="${SLURM_JOB_ID}" --format="%i %j" 2>/dev/null |
+    while read -r id name; do
+      [ "${name}" = "$1" ] && timeout 30 scancel --signal=TERM "${id}" 2>/dev/null
+    done
+}
+cluster_failed() {  # nothing ran: stop what did start, keep its logs
+  echo "hpcflow: the ray cluster did not come up (see above); the workflow did not run" >&2
+  stop_cluster "${pid_head}"
+  exit 3
+}
+# Ray's token authentication with a token of this job's own (in the environment of its
+# processes only): ~/.ray/auth_token is shared by every Ray cluster of the user.
+RAY_AUTH_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
+pid_head=
+ray_dir=/tmp/hpcflow-ray-"${SLURM_JOB_ID}"
+rm -rf -- "${ray_dir}"
+/opt/venv/bin/python -m ray.scripts.scripts start --head --port=0 --temp-dir="${ray_dir}" --num-cpus=48 --num-gpus=4 --memory=503316480000 --object-store-memory=100663296000 --include-dashboard=false --dashboard-agent-listen-port=0 --disable-usage-stats --block >/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/ray-head-"${SLURM_JOB_ID}".log 2>&1 &
+pid_head=$!
+address=$(timeout --kill-after=10 330 /opt/venv/bin/python -m hpcflow cluster wait ray --temp-dir="${ray_dir}" --timeout=300 --watch=head="${pid_head}") || cluster_failed
+
+/opt/venv/bin/python -m hpcflow run --engine ray --address "${address}" --resume /scratch/alice/runs/gpu-sweep-20260101-000000-1 /home/alice/flows/gpu.yaml &
+step=$!
+wait "${step}"
+status=$?
+while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real end
+  usr1=
+  wait "${step}"
+  code=$?
+  [ "${code}" -eq 127 ] && break  # its end was already collected above
+  status=${code}
+done
+stop_cluster "${pid_head}"
+rm -rf -- "${ray_dir}"
+echo "hpcflow: the ray cluster stopped" >&2
+if [ "${status}" -eq 75 ]; then  # stopped for the walltime: continue
+  continue_run
+elif [ -n "${cont}" ]; then  # finished (or failed) within this job after all
+  scancel "${cont}" 2>/dev/null || true
+fi
+exit "${status}"

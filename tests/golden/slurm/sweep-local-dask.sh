@@ -1,0 +1,106 @@
+#!/bin/bash
+#SBATCH --job-name=oscillator-sweep
+#SBATCH --partition=debug
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=9000M
+#SBATCH --time=00:09:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.out
+#SBATCH --error=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.err
+
+# hpcflow: this one job runs workflow oscillator-sweep from start to end; the engine inside
+# it places the tasks on the job's ranks (docs/architecture.md, "Slurm"). The values
+# above were checked against allow-lists; every word below is quoted.
+set -eu
+# (no set-up commands in the cluster profile)
+set +e
+
+# USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
+# It also submits, once, the job that continues this run after this one ends, however
+# it ends (afterany: the run's lock is free by then); a run that finishes cancels it.
+step=
+usr1=
+cont=
+continue_run() {
+  [ -n "${cont}" ] && return 0
+  n=${HPCFLOW_CONTINUATION:-0}
+  if [ "${n}" -ge 50 ]; then
+    echo "hpcflow: 50 continuation jobs ran; resume by hand: hpcflow run --resume" >&2
+    return 0
+  fi
+  export HPCFLOW_CONTINUATION=$((n + 1))
+  cont=$(sbatch --parsable --dependency="afterany:${SLURM_JOB_ID}" /scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/job.sh) ||
+    { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
+}
+trap 'usr1=1; continue_run; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
+
+# Dask in this allocation (docs/architecture.md, "Slurm"): the scheduler here, on the batch
+# host, and a one-thread worker in every task slot but the one this script runs in (srun),
+# each declaring its slot's cores, GPUs and memory as Dask resources. If the cluster is
+# not up within 300 s, the job stops here (exit 3). After the run the scheduler
+# closes its workers and itself (hpcflow cluster stop).
+gone() {  # wait up to $1 s for the pids that follow to end; false if some did not
+  local pid left n=$(($1 * 2))
+  shift
+  while [ "${n}" -gt 0 ]; do
+    left=
+    for pid in "$@"; do [ -n "${pid}" ] && kill -0 "${pid}" 2>/dev/null && left=1; done
+    [ -z "${left}" ] && return 0
+    n=$((n - 1))
+    sleep 0.5
+  done
+  return 1
+}
+stop_cluster() {  # TERM to the pids given (to an srun: Slurm ends its step), 30 s, then KILL
+  local pid
+  for pid in "$@"; do [ -n "${pid}" ] && kill -TERM "${pid}" 2>/dev/null; done
+  gone 30 "$@" && return 0
+  echo "hpcflow: cluster processes did not end within 30 s of TERM: killed" >&2
+  for pid in "$@"; do [ -n "${pid}" ] && kill -KILL "${pid}" 2>/dev/null; done
+  return 0
+}
+term_steps() {  # TERM to the tasks of this job's steps named $1, which then end themselves
+  local id name
+  timeout 30 squeue --noheader --steps --jobs="${SLURM_JOB_ID}" --format="%i %j" 2>/dev/null |
+    while read -r id name; do
+      [ "${name}" = "$1" ] && timeout 30 scancel --signal=TERM "${id}" 2>/dev/null
+    done
+}
+cluster_failed() {  # nothing ran: stop what did start, keep its logs
+  echo "hpcflow: the dask cluster did not come up (see above); the workflow did not run" >&2
+  stop_cluster "${pid_workers_2}" "${pid_workers_1}" "${pid_scheduler}"
+  exit 3
+}
+pid_scheduler= pid_workers_1= pid_workers_2=
+scheduler_file=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/dask-scheduler.json
+rm -rf -- "${scheduler_file}"
+/opt/venv/bin/python -m distributed.cli.dask_scheduler --scheduler-file="${scheduler_file}" --port=0 --no-dashboard >/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/dask-scheduler-"${SLURM_JOB_ID}".log 2>&1 &
+pid_scheduler=$!
+srun --job-name=hpcflow-dask-workers --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist="${SLURMD_NODENAME}" --cpus-per-task=1 --cpu-bind=none --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/dask-worker-%j.%s.%t.log /opt/venv/bin/python -m distributed.cli.dask_worker --scheduler-file="${scheduler_file}" --nthreads=1 --memory-limit=9437184000 --resources=cores=1,memory=9437184000 --no-dashboard --death-timeout=60 &
+pid_workers_1=$!
+srun --job-name=hpcflow-dask-workers --nodes=1 --ntasks=2 --ntasks-per-node=2 --exclude="${SLURMD_NODENAME}" --cpus-per-task=1 --cpu-bind=none --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/dask-worker-%j.%s.%t.log /opt/venv/bin/python -m distributed.cli.dask_worker --scheduler-file="${scheduler_file}" --nthreads=1 --memory-limit=4718592000 --resources=cores=1,memory=4718592000 --no-dashboard --death-timeout=60 &
+pid_workers_2=$!
+address=$(timeout --kill-after=10 330 /opt/venv/bin/python -m hpcflow cluster wait dask --scheduler-file="${scheduler_file}" --workers=3 --timeout=300 --watch=scheduler="${pid_scheduler}" --watch=workers-1="${pid_workers_1}" --watch=workers-2="${pid_workers_2}") || cluster_failed
+
+/opt/venv/bin/python -m hpcflow run --engine dask --address "${address}" --resume /scratch/alice/runs/oscillator-sweep-20260101-000000-1 /home/alice/flows/sweep.yaml &
+step=$!
+wait "${step}"
+status=$?
+while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real end
+  usr1=
+  wait "${step}"
+  code=$?
+  [ "${code}" -eq 127 ] && break  # its end was already collected above
+  status=${code}
+done
+timeout --kill-after=10 60 /opt/venv/bin/python -m hpcflow cluster stop dask --scheduler-file="${scheduler_file}" --timeout=30
+gone 30 "${pid_workers_1}" "${pid_workers_2}" "${pid_scheduler}" || stop_cluster "${pid_workers_1}" "${pid_workers_2}" "${pid_scheduler}"
+echo "hpcflow: the dask cluster stopped" >&2
+if [ "${status}" -eq 75 ]; then  # stopped for the walltime: continue
+  continue_run
+elif [ -n "${cont}" ]; then  # finished (or failed) within this job after all
+  scancel "${cont}" 2>/dev/null || true
+fi
+exit "${status}"

@@ -292,9 +292,11 @@ class Core:
         stored = outcome.stored or self.run_dir.store_result(i, outcome.value)
         group = self._group_of[i]
         digest = content_hash(self._groups[group].task.action, stored, outcome.value)
+        extra = {"fp": self._fp.pop(i, ""), "h": digest, "d": self.fingerprints.defs[group]}
+        if outcome.memory:
+            extra.update(outcome.memory)  # measured peak RSS (engine/memory.py)
         self.journal.record(Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, stored, {"fp": self._fp.pop(i, ""), "h": digest,
-                                                  "d": self.fingerprints.defs[group]})
+                            outcome.end, stored, extra)
         self._learn_duration(outcome.end - outcome.start)
         self._complete(i, outcome.value, digest)
 
@@ -343,7 +345,7 @@ class Core:
             return
         name = self.plan.name(i)
         self.journal.record(Event.FAIL, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, outcome.error, outcome.log)
+                            outcome.end, outcome.error, outcome.log, outcome.memory or {})
         self.failed.append(TaskFailed(name, outcome.error or "failed", outcome.log))
         self._skip_descendants(i)
         if not self.options.keep_going:

@@ -52,6 +52,38 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage"]
 
 
+MIB = 2**20
+ALLOC = "\"$HPCFLOW_PYTHON\" -c 'b = bytearray(200 * 2**20)'"
+
+
+def allocate(mib):
+    return len(bytearray(mib * MIB)) // MIB
+
+
+def memory_workflow() -> hf.Workflow:
+    """Peaks of ~200 MiB (a shell command, a Python task, a failing command) against
+    requests of 100M, and a tiny command that asked for 1G."""
+    big_shell = hf.shell(ALLOC, name="big_shell", memory="100M")()
+    big_python = hf.task(allocate, name="big_python", memory="100M")(200)
+    tiny = hf.shell("true", name="tiny", memory="1G")()
+    fails = hf.shell(ALLOC + "; exit 3", name="fails")()
+    return hf.workflow("memory", outputs=[big_shell, big_python, tiny, fails])
+
+
+@pytest.fixture(scope="module")
+def memory_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("memory") / "run"
+    run_workflow(memory_workflow(), EngineConfig(workers=2, run_dir=str(run)))
+    return write_report(run)
+
+
+def memory_cells(html: str) -> dict[str, tuple[str, str, str]]:
+    """Task name -> (sort value, class attribute, text) of its measured-memory cell."""
+    found = re.findall(r'<tr data-name="([^"]+)".*?<td data-v="(-?\d+)"( class="[^"]*")?'
+                       r'(?: title="[^"]*")?>([^<]*)</td><td>(?:<a|—)', html)
+    return {name: (v, css.strip(), text) for name, v, css, text in found}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A succeeded run of the sweep example and a failed run, each with its report."""
@@ -148,6 +180,26 @@ def test_cli_output_elsewhere_keeps_log_links_working(runs, tmp_path):
     assert links and all((out.parent / link).exists() for link in links)
 
 
+def test_measured_memory_is_journalled_and_shown_against_the_request(memory_run):
+    view = load_run(memory_run.parent)
+    by_name = {view.name(i): extra for i, extra in view.extra.items()}
+    assert by_name["big_shell"]["peak_rss"] >= 200 * MIB
+    python = by_name["big_python"]
+    assert python["peak_rss"] - python["base_rss"] >= 195 * MIB  # above the worker's own
+    assert by_name["fails"]["peak_rss"] >= 200 * MIB  # from the FAIL event
+    assert max(by_name["tiny"].get("peak_rss", 0), by_name["tiny"].get("peak_rss_bound", 0)) \
+        < 200 * MIB  # not the worker's history, nor anything huge
+    cells = memory_cells(memory_run.read_text())
+    assert set(cells) == {"big_shell", "big_python", "tiny", "fails"}
+    for name in ("big_shell", "big_python"):
+        value, css, text = cells[name]
+        assert int(value) >= 200 * MIB and css == 'class="mem-over"' and text.endswith("M")
+    assert cells["tiny"][1] == 'class="mem-under"'
+    assert cells["fails"][1] == "" and int(cells["fails"][0]) >= 200 * MIB
+    assert re.search(r"peak memory</th><td>largest 2\d\dM \(big_(shell|python)\); 2 tasks "
+                     r"above their request, 1 under a quarter of it", memory_run.read_text())
+
+
 def test_without_jinja2_hpcflow_imports_and_report_names_the_extra(runs):
     code = ("import sys; sys.modules['jinja2'] = None\n"
             "import hpcflow, hpcflow.report.status, hpcflow.report.progress\n"
@@ -198,6 +250,21 @@ def test_sort_and_filter_in_chromium(chromium, runs, tmp_path):
     durations = [float(v) for v in re.findall(r'<td data-v="([-\d.e]+)">[^<]*</td><td data-v="[^"]*">'
                                               r"\d\d:\d\d:\d\d", dom)]
     assert len(durations) == 6 and durations == sorted(durations, reverse=True)
+
+
+def test_measured_memory_in_chromium(chromium, memory_run, tmp_path):
+    dom = browse(chromium, memory_run.as_uri() + "#sort=measured%20memory&desc=1", tmp_path,
+                 "--dump-dom").stdout
+    cells = memory_cells(dom)
+    assert len(cells) == 4
+    values = [int(v) for v, _, _ in cells.values()]  # in the DOM's order: sorted by the script
+    assert values == sorted(values, reverse=True) and list(cells)[-1] == "tiny"
+    for name in ("big_shell", "big_python", "fails"):
+        value, _, text = cells[name]
+        assert int(value) >= 200 * MIB
+        number = float(text.rstrip("MG")) * (1024 if text.endswith("G") else 1)
+        assert number >= 200, text  # human units, as requested memory is written
+    assert cells["big_shell"][1] == 'class="mem-over"'
 
 
 def png_ink(path: Path) -> tuple[int, int, float]:

@@ -347,8 +347,11 @@ class Core:
             digest = content_hash(self._groups[self._group_of[i]].task.action, stored,
                                   outcome.value)
         fp = outcome.fp or self._fp.pop(i, "")  # a run's member: the worker's
+        extra = {"fp": fp, "h": digest}
+        if outcome.memory:
+            extra.update(outcome.memory)  # measured peak RSS (engine/memory.py)
         self._append((Event.DONE, i, outcome.attempt, outcome.worker, outcome.start,
-                      outcome.end, stored, {"fp": fp, "h": digest}))
+                      outcome.end, stored, extra))
         durations = self._durations  # [seconds in this window, tasks in it, tasks in all]
         durations[0] += outcome.end - outcome.start
         durations[1] += 1
@@ -403,7 +406,7 @@ class Core:
             return
         name = self.plan.name(i)
         self.journal.record(Event.FAIL, i, outcome.attempt, outcome.worker, outcome.start,
-                            outcome.end, outcome.error, outcome.log)
+                            outcome.end, outcome.error, outcome.log, outcome.memory or {})
         self.failed.append(TaskFailed(name, outcome.error or "failed", outcome.log))
         self._skip_descendants(i)
         if not self.options.keep_going:

@@ -6,6 +6,7 @@ returns :class:`Outcome` records. Python callables named ``"module:qualname"`` o
 ``python_path`` in front of ``sys.path``. Shell commands are rendered with every
 substituted value quoted, run in the task's own folder with their output in
 ``stdout.log``/``stderr.log``, and their declared output files must exist afterwards.
+Each task's peak memory is measured where it is cheap enough (``memory.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hpcflow.engine.memory import (
+    WATCH_AFTER,
+    forked_memory,
+    process_hwm,
+    process_meter,
+    shell_memory,
+    wait_child,
+)
 from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
 
 
@@ -57,7 +66,10 @@ class Outcome(NamedTuple):
     ``stored`` is set by a worker that already persisted the result itself (its journal
     form, ``("inline", value)`` or ``("file", path)``) and ``digest`` is then its content
     hash (``engine/results.py``); None lets the coordinator do both. ``fp`` is the
-    fingerprint of a member of a run, taken by the worker that expanded it."""
+    fingerprint of a member of a run, taken by the worker that expanded it.
+    ``memory`` is the measured peak RSS, journalled as is into the DONE or FAIL extra:
+    ``{"peak_rss": bytes, "base_rss": bytes}`` (Python tasks), ``{"peak_rss": bytes}`` or
+    ``{"peak_rss_bound": bytes}`` (shell tasks), None where not measured (memory.py)."""
 
     id: int
     attempt: int
@@ -71,6 +83,7 @@ class Outcome(NamedTuple):
     stored: tuple[str, Any] | None = None
     digest: str | None = None
     fp: str | None = None
+    memory: dict[str, int] | None = None
 
 
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (a worker's hot path)
@@ -78,7 +91,12 @@ _OK_DEFAULTS = tuple(Outcome._field_defaults[f] for f in Outcome._fields[7:])
 
 
 class TaskError(Exception):
-    """A task did not do its job (non-zero exit, missing output, time-out)."""
+    """A task did not do its job (non-zero exit, missing output, time-out); ``memory`` is
+    what was measured of it, if anything."""
+
+    def __init__(self, message: str, memory: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.memory = memory
 
 
 def resolve_target(target: str | Callable[..., Any]) -> Any:
@@ -155,6 +173,10 @@ class Executor:
         self.spec_dir = python_path[0] if python_path else os.getcwd()
         self._targets: dict[int, Any] = {}
         self._gpus: tuple[str, ...] | None = None
+        meter = process_meter()
+        self._meter = meter if meter is not None and meter.can_reset else None
+        self._watch = [self._meter is not None] * len(actions)
+        """Per group: measure its next in-process task (its last one here ran long)."""
         for folder in reversed(python_path):
             if folder not in sys.path:
                 sys.path.insert(0, folder)
@@ -167,17 +189,52 @@ class Executor:
     def run(self, call: Call, ranks: int = 1) -> Outcome:
         start = time.time()
         action = self.actions[call.group]
+        if isinstance(action, ShellCommand) or ((call.timeout or call.isolate) and ranks == 1):
+            return self._run_child(action, call, ranks, start)
+        if self._watch[call.group]:
+            return self._run_measured(action, call, start)
+        try:
+            value = self._python(action, call)
+        except Exception as exc:  # the task's own failure, reported, never raised
+            outcome = self._failure(call, start, exc)
+            end = outcome.end
+        else:
+            end = time.time()
+            outcome = _new(Outcome, (call.id, call.attempt, True, value, start, end, self.worker,
+                                     *_OK_DEFAULTS))
+        if end - start >= WATCH_AFTER and self._meter is not None:
+            self._watch[call.group] = True  # long tasks in this group: measure the next
+        return outcome
+
+    def _run_measured(self, action: Action, call: Call, start: float) -> Outcome:
+        """An in-process task with the worker's peak RSS over it (see memory.py)."""
+        meter = self._meter
+        assert meter is not None
+        base = meter.start()
+        try:
+            value = self._python(action, call)
+        except Exception as exc:
+            memory = {"peak_rss": meter.peak(), "base_rss": base}
+            outcome = self._failure(call, start, exc, memory)
+        else:
+            memory = {"peak_rss": meter.peak(), "base_rss": base}
+            outcome = Outcome(call.id, call.attempt, True, value, start, time.time(), self.worker,
+                              memory=memory)
+        self._watch[call.group] = outcome.end - start >= WATCH_AFTER
+        return outcome
+
+    def _run_child(self, action: Action, call: Call, ranks: int, start: float) -> Outcome:
+        """A shell command, or a Python task forked into a child of its own."""
         try:
             if isinstance(action, ShellCommand):
-                value = self._shell(action, call, ranks)
-            elif (call.timeout or call.isolate) and ranks == 1:
-                value = run_forked(lambda: self._python(action, call), call.timeout, call.name)
+                value, memory = self._shell(action, call, ranks)
             else:
-                value = self._python(action, call)
+                value, memory = run_forked(lambda: self._python(action, call), call.timeout,
+                                           call.name)
         except Exception as exc:  # the task's own failure, reported, never raised
-            return self._failure(call, start, exc)
-        return _new(Outcome, (call.id, call.attempt, True, value, start, time.time(), self.worker,
-                              *_OK_DEFAULTS))
+            return self._failure(call, start, exc, exc.memory if isinstance(exc, TaskError) else None)
+        return Outcome(call.id, call.attempt, True, value, start, time.time(), self.worker,
+                       memory=memory)
 
     def _python(self, action: Action, call: Call) -> Any:
         target = self._targets.get(call.group)
@@ -197,7 +254,8 @@ class Executor:
             self._gpus = call.gpus
         return target(*call.args, **call.kwargs)
 
-    def _shell(self, action: ShellCommand, call: Call, ranks: int) -> Any:
+    def _shell(self, action: ShellCommand, call: Call, ranks: int
+               ) -> tuple[Any, dict[str, int] | None]:
         folder = self.task_dir(call.name)
         outputs = {k: str(folder / v) for k, v in action.outputs.items()}
         argv = render_command(action.command, {**call.kwargs, **outputs})
@@ -209,18 +267,19 @@ class Executor:
                    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
         out_path, err_path = folder / "stdout.log", folder / "stderr.log"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            code = _run_tree(argv, folder, env, out, err, call.timeout)
+            code, memory = _run_tree(argv, folder, env, out, err, call.timeout)
         if code != 0:
-            raise TaskError(f"command exited with status {code}; see {err_path}")
+            raise TaskError(f"command exited with status {code}; see {err_path}", memory)
         missing = [k for k, p in outputs.items() if not os.path.exists(p)]
         if missing:
             raise TaskError(f"declared output(s) {', '.join(missing)} not written "
-                            f"(expected {', '.join(outputs[k] for k in missing)})")
+                            f"(expected {', '.join(outputs[k] for k in missing)})", memory)
         if action.stdout:
-            return out_path.read_text()
-        return outputs
+            return out_path.read_text(), memory
+        return outputs, memory
 
-    def _failure(self, call: Call, start: float, exc: Exception) -> Outcome:
+    def _failure(self, call: Call, start: float, exc: Exception,
+                 memory: dict[str, int] | None = None) -> Outcome:
         text = (str(exc) if isinstance(exc, TaskError)
                 else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         log: str | None = None
@@ -232,13 +291,18 @@ class Executor:
         except OSError:
             pass
         return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
-                       error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log)
+                       error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log,
+                       memory=memory)
 
 
-def run_forked(fn: Callable[[], Any], timeout: float | None, name: str) -> Any:
+def run_forked(fn: Callable[[], Any], timeout: float | None, name: str
+               ) -> tuple[Any, dict[str, int] | None]:
     """``fn()`` in a forked child (its own process group), its result pickled back through a
-    pipe. On time-out the child's whole tree is ended; a child that dies (a segfault, an
-    abort, the OOM killer) fails this task alone, by name, and the worker goes on."""
+    pipe, with the child's peak RSS (``os.wait4``). On time-out the child's whole tree is
+    ended; a child that dies (a segfault, an abort, the OOM killer) fails this task alone,
+    by name, and the worker goes on."""
+    meter = process_meter()
+    base = meter.rss() if meter is not None else None
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -248,33 +312,38 @@ def run_forked(fn: Callable[[], Any], timeout: float | None, name: str) -> Any:
     try:
         data = _read_all(rfd, None if timeout is None else time.monotonic() + timeout)
     except TimeoutError:
-        kill_tree(pid)
-        os.waitpid(pid, 0)
-        raise TaskError(f"timed out after {timeout:g} s; its processes were ended") from None
+        live = kill_tree(pid)
+        memory = forked_memory(wait_child(pid)[1], base, live)
+        raise TaskError(f"timed out after {timeout:g} s; its processes were ended", memory) from None
     except BaseException:
         kill_tree(pid)
-        os.waitpid(pid, 0)
+        wait_child(pid)
         raise
     finally:
         os.close(rfd)
-    _, status = os.waitpid(pid, 0)
+    status, maxrss = wait_child(pid)
     if not data:
-        raise TaskError(f"task {name} crashed: its process {_death(status)}")
-    ok, payload = pickle.loads(data)
+        raise TaskError(f"task {name} crashed: its process {_death(status)}",
+                        forked_memory(maxrss, base))
+    ok, payload, child_base = pickle.loads(data)
+    memory = forked_memory(maxrss, base if child_base is None else child_base)
     if not ok:
-        raise TaskError(payload)
-    return payload
+        raise TaskError(payload, memory)
+    return payload, memory
 
 
 def _child(fn: Callable[[], Any], wfd: int) -> None:
+    """The forked child: sends ``(ok, result or traceback, its RSS before fn ran)``."""
     code = 0
     try:
         os.setpgid(0, 0)
+        meter = process_meter()
+        base = meter.rss() if meter is not None else None
         try:
-            data = pickle.dumps((True, fn()), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((True, fn(), base), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            data = pickle.dumps((False, text))
+            data = pickle.dumps((False, text, base))
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -316,25 +385,34 @@ def default_launcher(ranks: int) -> list[str]:
 
 
 def _run_tree(argv: list[str], cwd: Path, env: dict[str, str], out: Any, err: Any,
-              timeout: float | None) -> int:
-    """Run ``argv`` in its own session; on time-out end its whole process tree."""
+              timeout: float | None) -> tuple[int, dict[str, int] | None]:
+    """Run ``argv`` in its own session; on time-out end its whole process tree. Returns
+    the exit code and the tree's peak RSS (reaped with ``os.wait4``: Popen gives no
+    rusage, so the returncode is set here, as Popen.wait would)."""
+    meter = process_meter()
+    floor = meter.floor() if meter is not None else None
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        proc.wait()
-        raise TaskError(f"timed out after {timeout:g} s; its processes were ended") from None
+        status, maxrss = wait_child(proc.pid, timeout)
+    except TimeoutError:
+        live = kill_tree(proc.pid)
+        status, maxrss = wait_child(proc.pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        raise TaskError(f"timed out after {timeout:g} s; its processes were ended",
+                        shell_memory(maxrss, floor, live)) from None
     except BaseException:
         kill_tree(proc.pid)
         proc.wait()
         raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, shell_memory(maxrss, floor)
 
 
-def kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> int:
     """SIGKILL ``pid``, its process group if it leads one, and every descendant (shell
-    programs that started sessions of their own included)."""
+    programs that started sessions of their own included). Returns the largest peak RSS
+    (VmHWM) among them, read just before the kill (0 where unknown)."""
     import psutil
 
     try:
@@ -342,8 +420,10 @@ def kill_tree(pid: int) -> None:
         children = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         children = []
+    peak = max((process_hwm(c.pid) for c in children), default=0)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+    return peak

@@ -22,6 +22,9 @@ Jinja2's autoescaping.
 - **Large runs**: the timeline draws at most ``MAX_BARS`` tasks and the table lists at
   most ``MAX_ROWS`` (a browser takes seconds per 10,000 table rows): every failed task,
   the critical path, then the longest; the page says so.
+- **Measured memory**: a DONE or FAIL event's ``peak_rss`` (or ``peak_rss_bound``: "at
+  most"; see ``engine/memory.py`` for what each kind of task measures) beside the
+  request; above the request it is marked ``over``, under a quarter of it ``under``.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def report_data(view: RunView, graph: Plan, out_dir: Path, max_bars: int = MAX_B
         "title": f"{status.workflow}: {status.status}",
         "workflow": status.workflow, "status": status.status,
         "status_css": status.status if status.status in _STATUS_CSS else "gone",
-        "summary": _summary(view, status, critical, duration, busy / (workers * span)),
+        "summary": _summary(view, status, critical, duration, busy / (workers * span))
+                   + _memory_summary(view, graph),
         "counts": status.counts,
         "failures": status.failures[:100],
         "drawn": len(drawn), "listed": len(listed), "total": view.n,
@@ -242,7 +246,6 @@ def _rows(view: RunView, graph: Plan, ids: np.ndarray, duration: np.ndarray, cri
         folder = run.task_dir(name, create=False)
         link = log or (str(folder) if folder.is_dir() else None)
         ran = state in (DONE, FAILED)
-        rss = extra.get("peak_rss")
         rows.append({
             "id": i, "name": name, "state": STATES[state], "css": _CSS[state], "crit": i in crit,
             "worker": w if w >= 0 else None,
@@ -252,11 +255,79 @@ def _rows(view: RunView, graph: Plan, ids: np.ndarray, duration: np.ndarray, cri
             "time": float(graph.time[i]), "time_text": format_slurm_time(float(graph.time[i])),
             "mem": int(graph.memory[i]),
             "mem_text": format_memory(int(graph.memory[i])) if graph.memory[i] else _DASH,
-            "rss": rss, "rss_text": format_memory(int(rss)) if rss else _DASH,
+            **_measured_memory(extra, int(graph.memory[i])),
             "error": last_line(error) if state == FAILED else None,
             "log": os.path.relpath(link, out_dir) if link else None,
         })
     return rows
+
+
+def _measured_memory(extra: dict[str, Any], requested: int) -> dict[str, Any]:
+    """The measured-memory cell: sort value, text, CSS class and tooltip."""
+    peak, bound = extra.get("peak_rss"), extra.get("peak_rss_bound")
+    if not peak and not bound:
+        return {"rss": None, "rss_text": _DASH, "rss_css": None, "rss_tip": None}
+    value = int(peak or bound)
+    if peak:
+        text = format_size(value)
+        base = extra.get("base_rss")
+        tip = ("peak of the command's largest process" if base is None else
+               f"peak of the process that ran it: {format_size(int(base))} resident when the "
+               f"task began (the worker's own), {format_size(max(0, value - int(base)))} "
+               "more at its peak")
+    else:
+        text = f"≤ {format_size(value)}"
+        tip = ("at most this: the command stayed below the worker's own size when it "
+               "started it, beneath which the kernel's accounting cannot see")
+    versus = _versus_request(value, bool(peak), requested)
+    if requested:
+        tip += f"; {value / requested:.0%} of the {format_memory(requested)} requested"
+    return {"rss": value, "rss_text": text, "rss_css": versus and f"mem-{versus}",
+            "rss_tip": tip}
+
+
+def _versus_request(value: int, exact: bool, requested: int) -> str | None:
+    """``over`` the request (an exact peak above it), ``under`` (below a quarter of it),
+    or None (no request, or in between)."""
+    if not requested:
+        return None
+    if exact and value > requested:
+        return "over"
+    return "under" if value < requested / 4 else None
+
+
+def _memory_summary(view: RunView, graph: Plan) -> list[tuple[str, str]]:
+    """One summary line when memory was measured: the largest peak, and how many tasks
+    went over their request or used under a quarter of it."""
+    top, top_id, over, under = 0, -1, 0, 0
+    for i, extra in view.extra.items():
+        peak, bound = extra.get("peak_rss"), extra.get("peak_rss_bound")
+        value = int(peak or bound or 0)
+        if not value:
+            continue
+        if peak and value > top:
+            top, top_id = value, i
+        versus = _versus_request(value, bool(peak), int(graph.memory[i]) if i < graph.n else 0)
+        over += versus == "over"
+        under += versus == "under"
+    if top_id < 0:
+        return []
+    text = f"largest {format_size(top)} ({view.name(top_id)})"
+    if over or under:
+        text += (f"; {over:,} task{'' if over == 1 else 's'} above {'its' if over == 1 else 'their'}"
+                 f" request, {under:,} under a quarter of {'it' if under == 1 else 'theirs'}")
+    return [("peak memory", text)]
+
+
+def format_size(nbytes: int) -> str:
+    """A measured size in the units of requests (``K``, ``M``, ``G``, ``T``: powers of
+    1024), to three significant digits: ``212M``, ``1.21G``."""
+    value = nbytes / 1024
+    for unit in ("K", "M", "G"):
+        if value < 999.5:
+            return f"{value:.3g}{unit}"
+        value /= 1024
+    return f"{value:.3g}T"
 
 
 def _nodes(view: RunView) -> list[str]:

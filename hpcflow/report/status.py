@@ -56,8 +56,8 @@ class RunView:
 
     ``worker``/``start``/``end`` hold the last attempt that reached a worker (-1 and NaN
     before that); ``failures`` maps a failed id to ``(error, log)``; ``extra`` the DONE
-    event's extra dict where it is not empty (measured memory, node: when the engine
-    records them); ``sessions`` the RUN event infos (one more per resume)."""
+    (or FAIL) event's extra dict where it is not empty (measured memory, node: when the
+    engine records them); ``sessions`` the RUN event infos (one more per resume)."""
 
     path: Path
     info: dict[str, Any]
@@ -126,6 +126,7 @@ def _apply(view: RunView, event: tuple[Any, ...]) -> None:
         _, i, _, worker, start, end = event[:6]
         view.worker[i], view.start[i], view.end[i] = worker, start, end
         view.last_time = max(view.last_time or end, end)
+        view.extra.pop(i, None)
         if kind == Event.DONE:
             view.state[i] = DONE
             view.failures.pop(i, None)
@@ -134,6 +135,8 @@ def _apply(view: RunView, event: tuple[Any, ...]) -> None:
         else:
             view.state[i] = FAILED
             view.failures[i] = (event[6], event[7])
+            if len(event) > 8 and event[8]:
+                view.extra[i] = dict(event[8])
     elif kind == Event.RETRY:
         view.state[event[1]] = RETRYING
     elif kind == Event.SKIP:
@@ -154,6 +157,8 @@ def _new_session(view: RunView, info: dict[str, Any]) -> None:
     again = (view.state == RUNNING) | (view.state == RETRYING) | (view.state == FAILED) \
         | (view.state == SKIPPED)
     view.state[again] = NOT_STARTED
+    for i in view.failures:  # a failure's measured memory goes with it
+        view.extra.pop(i, None)
     view.failures.clear()
 
 

@@ -32,7 +32,9 @@ class Event:
     - ``RUN``: info dict (engine, workers, pid, host, plan summary) — a run (or resume) began
     - ``DISPATCH``: task id, attempt, worker index, time
     - ``DONE``: task id, attempt, worker index, start time, end time, result (Stored), extra dict
-    - ``FAIL``: task id, attempt, worker index, start time, end time, error text, log path
+      (``fp``, ``h``, ``d``: store/resume.py; measured memory where known: engine/memory.py)
+    - ``FAIL``: task id, attempt, worker index, start time, end time, error text, log path,
+      extra dict (measured memory where known; absent in journals before it was added)
     - ``RETRY``: task id, attempt that failed, delay seconds
     - ``SKIP``: task id, id of the failed task it depends on
     - ``STOPPED``: task id, time — a running task given up at the allocation's end

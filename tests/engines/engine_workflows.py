@@ -59,6 +59,11 @@ def big(n):
     return np.arange(n, dtype=np.float64)
 
 
+def allocate(mib):
+    """Peaks about ``mib`` MiB above what its process already holds."""
+    return len(bytearray(mib * 2**20)) // 2**20
+
+
 def checksum(array, scale=1.0):
     return float(array.sum()) * scale
 
@@ -157,6 +162,14 @@ def large() -> hf.Workflow:
     once = hf.task(checksum, name="once")(array)
     twice = hf.task(checksum, name="twice")(array, scale=2.0)
     return hf.workflow("large", outputs={"once": once, "twice": twice})
+
+
+def memory() -> hf.Workflow:
+    """A Python task and a shell command that each peak about 200 MiB."""
+    python = hf.task(allocate, name="big_python")(200)
+    command = hf.shell("\"$HPCFLOW_PYTHON\" -c 'b = bytearray(200 * 2**20)'",
+                       name="big_shell")()
+    return hf.workflow("memory", outputs={"python": python, "shell": command})
 
 
 def method() -> hf.Workflow:

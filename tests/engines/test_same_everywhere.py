@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from engine_workflows import expected_failing_dag, expected_random_dag
 
+from hpcflow.report.status import load_run
 from hpcflow.store.journal import Event, read_journal
 
 pytestmark = pytest.mark.timeout(240)
@@ -84,6 +85,17 @@ def test_python_timeout(engine, reference, tmp_path):
     assert got == reference("python_timeout", tmp_path)
     assert got.failures[0][0] == "late" and "timed out" in got.failures[0][1]
     assert got.done == 1
+
+
+def test_measured_memory_is_journalled(engine, tmp_path):
+    """Every backend's workers measure through the shared Executor (engine/memory.py)."""
+    got = engine.run("memory", tmp_path)
+    assert got.status == "succeeded"
+    view = load_run(got.run_dir)
+    extra = {view.name(i): e for i, e in view.extra.items()}
+    python, shell = extra["big_python"], extra["big_shell"]
+    assert python["peak_rss"] - python["base_rss"] >= 195 * 2**20, python
+    assert shell["peak_rss"] >= 200 * 2**20, shell
 
 
 def test_large_results_are_written_by_workers_and_journalled(engine, tmp_path):

@@ -64,6 +64,19 @@ def test_shell_task_with_two_ranks_runs_two_processes():
     assert sorted(p.name for p in folder.glob("rank*")) == ["rank0of2", "rank1of2"]
 
 
+def allocate_by_rank(comm):
+    return len(bytearray((50 + 150 * comm.rank) * 2**20))
+
+
+@two_workers
+def test_a_two_rank_task_reports_its_largest_ranks_memory():
+    par = hf.task(allocate_by_rank, ranks=2, name="par")()
+    result = hf.run(hf.workflow("rankmemory", outputs=[par]), engine="mpi")
+    [extra] = [e[7] for e in read_journal(Path(result.run_dir) / "journal.bin")
+               if e[0] == Event.DONE]
+    assert extra["peak_rss"] - extra["base_rss"] >= 195 * 2**20  # task-rank 1's 200 MiB
+
+
 def hold(tag, seconds):
     time.sleep(seconds)
     return tag

@@ -94,6 +94,27 @@ def test_large_results_are_written_by_the_worker_and_journalled_as_files():
     assert done[1] == ("inline", 299_999.0)
 
 
+MIB = 2**20
+
+
+def allocate(mib):
+    return len(bytearray(mib * MIB)) // MIB
+
+
+def test_measured_memory_reaches_the_journal():
+    big = hf.task(allocate, name="big")(200)
+    tiny = hf.task(square, name="tiny").sweep({"x": range(20)})
+    sh = hf.shell("\"$HPCFLOW_PYTHON\" -c 'b = bytearray(200 * 2**20)'", name="sh")()
+    result = hf.run(hf.workflow("memory", outputs=[big, tiny.all(), sh]), engine="mpi")
+    extra = {e[1]: e[7] for e in read_journal(Path(result.run_dir) / "journal.bin")
+             if e[0] == Event.DONE}
+    assert extra[0]["peak_rss"] - extra[0]["base_rss"] >= 195 * MIB  # in the worker rank
+    assert extra[21]["peak_rss"] >= 200 * MIB  # the shell command, by wait4
+    measured = [extra[i] for i in range(1, 21) if "peak_rss" in extra[i]]
+    assert len(measured) < 20  # tiny tasks: the first of the group on each worker, mostly
+    assert all(m["peak_rss"] - m["base_rss"] < 16 * MIB for m in measured)
+
+
 def test_task_bigger_than_any_share_is_refused_on_every_rank_before_running():
     huge = hf.task(square, cores=100_000, name="huge")(2)
     with pytest.raises(ResourceError, match="huge"):

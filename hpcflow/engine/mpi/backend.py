@@ -11,9 +11,10 @@ GPU ids and its task-rank), a ``ranks: k`` shell task to its first leader alone 
 other slots are held idle while the launcher's processes use them). ``wait`` polls
 with ``improbe`` and the back-off, takes every outcome message that has arrived, and
 folds the k outcomes of a multi-rank task into one (task-rank 0's value; the first
-failure if any rank failed). ``shutdown`` sends ``STOP`` to every worker and takes
-(and drops) what they still send until each has answered ``BYE``, so that no rank is
-left blocked in a send when the ranks meet for the final broadcast.
+failure if any rank failed; the largest rank's measured memory). ``shutdown`` sends
+``STOP`` to every worker and takes (and drops) what they still send until each has
+answered ``BYE``, so that no rank is left blocked in a send when the ranks meet for the
+final broadcast.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mpi4py import MPI
 
 from hpcflow.engine.core import check_fits
 from hpcflow.engine.execute import Call, Executor, Outcome
+from hpcflow.engine.memory import larger
 from hpcflow.engine.mpi.channel import Channel
 from hpcflow.engine.mpi.discover import discover_slot, node_view
 from hpcflow.engine.mpi.launch import forget_pmi, task_launcher
@@ -82,7 +84,7 @@ class MpiBackend:
                 per_worker.setdefault(placement.leaders[0], []).append(
                     call_item(call._replace(gpus=every_gpu), k))
             else:
-                self._parts[(call.id, call.attempt)] = [k, placement.leaders[0], None]
+                self._parts[(call.id, call.attempt)] = [k, placement.leaders[0], None, None]
                 for r, leader in enumerate(placement.leaders):
                     per_worker.setdefault(leader, []).append(
                         call_item(call._replace(gpus=placement.gpus[r]), k, r))
@@ -118,7 +120,8 @@ class MpiBackend:
         return outcomes
 
     def _fold(self, outcome: Outcome) -> Outcome | None:
-        """One rank's outcome of a multi-rank task: the task's outcome once all are in."""
+        """One rank's outcome of a multi-rank task: the task's outcome once all are in
+        (with the measured memory of its largest rank)."""
         part = self._parts.get((outcome.id, outcome.attempt))
         if part is None:
             return outcome
@@ -127,10 +130,11 @@ class MpiBackend:
         first_failure = not outcome.ok and (chosen is None or chosen.ok)
         if first_failure or (chosen is None and outcome.worker == part[1]):
             part[2] = outcome
+        part[3] = larger(part[3], outcome.memory)
         if part[0]:
             return None
         del self._parts[(outcome.id, outcome.attempt)]
-        return part[2]
+        return part[2]._replace(memory=part[3])
 
     def shutdown(self) -> None:
         """STOP every worker; drop what they still send until each said BYE."""

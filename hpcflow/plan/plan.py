@@ -184,7 +184,7 @@ class Binder:
     A member's position along sweep axis k is ``member // stride[k] % size[k]`` (C
     order, as ``np.unravel_index``; a zip sweep or a single axis has stride 1)."""
 
-    __slots__ = ("_args", "_axes", "_const", "_groups", "_kwargs", "_names", "_valued")
+    __slots__ = ("_args", "_const", "_groups", "_kwargs", "_names", "_refs", "_valued")
 
     def __init__(self, group: Group, groups: Sequence[Group]) -> None:
         self._groups = groups
@@ -195,12 +195,18 @@ class Binder:
         shape = (group.size,) * len(names) if one_axis else group.sweep_shape
         strides = [1] * len(names) if one_axis else [
             int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(names))]
-        self._axes: list[tuple[str, Any, int, int]] = [
-            (name, group.sweep_params[name], strides[k], max(1, int(shape[k])))
-            for k, name in enumerate(names)]
-        self._valued = sorted((a for a in self._axes if not isinstance(a[1], GroupRef)),
-                              key=lambda a: a[0])
-        self._names = tuple(a[0] for a in self._valued)
+        self._valued: list[tuple[str, Any, int, int]] = []  # name, values, stride, size
+        self._refs: list[tuple[str, int, list[int] | None, str | None, int, int]] = []
+        for k, name in enumerate(names):
+            value, size = group.sweep_params[name], max(1, int(shape[k]))
+            if isinstance(value, GroupRef):  # name, upstream start, index, key, stride, size
+                index = None if value.index is None else np.asarray(value.index).tolist()
+                self._refs.append((name, groups[value.group].start, index, value.key,
+                                   strides[k], size))
+            else:
+                self._valued.append((name, value, strides[k], size))
+        self._valued.sort(key=lambda axis: axis[0])
+        self._names = tuple(axis[0] for axis in self._valued)
 
     def bind(self, member: int, results: Mapping[int, Any]
              ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -215,20 +221,18 @@ class Binder:
 
             args = map_group_refs(self._args, on_ref)
             kwargs = map_group_refs(self._kwargs, on_ref)
-        for name, values, stride, size in self._axes:
+        for name, up, index, key, stride, size in self._refs:
             pos = member // stride % size
-            if isinstance(values, GroupRef):
-                up = self._groups[values.group].start
-                offset = int(values.index[pos]) if values.index is not None else pos
-                kwargs[name] = _pick(results[up + offset], values.key)
-            else:
-                kwargs[name] = _scalar(values[pos])
+            value = results[up + (pos if index is None else index[pos])]
+            kwargs[name] = value if key is None else value[key]
+        for name, values, stride, size in self._valued:
+            kwargs[name] = _scalar(values[member // stride % size])
         return args, kwargs
 
     @property
     def closed(self) -> bool:
         """Whether members bind without any other task's result (``engine/runs.py``)."""
-        return self._const and all(not isinstance(a[1], GroupRef) for a in self._axes)
+        return self._const and not self._refs
 
     @property
     def swept_values(self) -> bool:
@@ -240,12 +244,13 @@ class Binder:
         return tuple(_scalar(values[member // stride % size])
                      for _, values, stride, size in self._valued)
 
-    def values_in(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
-        """:meth:`values` read from the keyword arguments that :meth:`bind` made."""
+    def values_in(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """:meth:`values` read from the keyword arguments that :meth:`bind` made (None
+        when the group sweeps over no values)."""
         names = self._names
         if len(names) == 1:
             return (kwargs[names[0]],)
-        return tuple(kwargs[name] for name in names)
+        return tuple(kwargs[name] for name in names) if names else None
 
 
 def _has_refs(value: Any) -> bool:

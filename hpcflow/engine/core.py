@@ -48,6 +48,9 @@ FLUSH_EVENTS = 4096
 FLUSH_SECONDS = 0.2
 TARGET_QUEUE_SECONDS = 0.002
 """Queue a worker enough short tasks to cover about this long."""
+EXACT_SECONDS = 0.01
+"""Tasks this long or longer are never queued behind another (list scheduling stays
+exact); shorter ones always have one more queued, so a worker never waits a round trip."""
 _new_call = tuple.__new__  # Call(...) without its Python-level __new__: every field is given
 _LEARN_AT = frozenset((16, 64, 256))
 
@@ -430,7 +433,10 @@ class Core:
         durations = self._durations
         mean = durations[0] / durations[1]
         durations[0], durations[1] = 0.0, 0
-        depth = int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth
+        if mean >= EXACT_SECONDS:
+            depth = 1
+        else:
+            depth = max(2, int(TARGET_QUEUE_SECONDS / mean) if mean > 0 else self.options.max_depth)
         self.placer.set_depth(max(1, min(self.options.max_depth, depth)))
 
     def _outputs(self) -> dict[str, Any]:

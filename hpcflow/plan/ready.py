@@ -40,12 +40,15 @@ class ReadyQueue:
                 yield key, i
 
     def push(self, key: float, i: int) -> None:
+        self._bucket(key).append(i)
+        self._size += 1
+
+    def _bucket(self, key: float) -> deque[int]:
         bucket = self._buckets.get(key)
         if bucket is None:
             self._buckets[key] = bucket = deque()
             heapq.heappush(self._keys, key)
-        bucket.append(i)
-        self._size += 1
+        return bucket
 
     def pop(self) -> tuple[float, int]:
         """The next ``(key, id)``: smallest key, earliest pushed among equals."""
@@ -78,9 +81,5 @@ class ReadyQueue:
     def unpop(self, items: list[tuple[float, int]]) -> None:
         """Put back what :meth:`pop` returned (in that order), ahead of its equals."""
         for key, i in reversed(items):
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                self._buckets[key] = bucket = deque()
-                heapq.heappush(self._keys, key)
-            bucket.appendleft(i)
-            self._size += 1
+            self._bucket(key).appendleft(i)
+        self._size += len(items)

@@ -25,8 +25,9 @@ each member's ``stored`` form, only for the members it picks. The core still see
 outcome per task and journals each, so resume, retries (a failed member retries alone)
 and failures (its dependents are never dispatched) are as on every engine. What a
 bundle changes: its members report when the last of them ends (the local workers also
-send their outcomes once their queue is empty), and if its worker dies, every member is
-lost (and retried, if it has retries).
+send their outcomes once their queue is empty), its values stay on the cluster until no
+dependent of any member needs them, and if its worker dies, every member is lost (and
+retried, if it has retries).
 """
 
 from __future__ import annotations

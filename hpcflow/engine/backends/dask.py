@@ -18,8 +18,9 @@ something only on their own node.
 
 **Bundles** (``bundle.py``). The calls that the core places on one slot in one round go
 as one Dask task (up to 16), a run of a sweep's members (``engine/runs.py``) as one, and
-a call that asks for more than one plain core alone: a Dask task costs about a
-millisecond of scheduler and client time, far more than a short task.
+a call that asks for anything but one plain core (more cores, GPUs, memory, ranks)
+alone: a Dask task costs about a millisecond of scheduler and client time, far more
+than a short task.
 
 **Handles and durability.** The task's wrapper runs the shared Executor on the worker,
 persists each result there (``remote.Site.run_calls``) and returns a :class:`Result`:
@@ -82,8 +83,8 @@ _GONE = object()
 
 
 class Result:
-    """What a task returns to Dask: its outcomes (one, or a run's members'), and while
-    on the worker their values."""
+    """What a task returns to Dask: its outcomes (one call's, or a bundle's members'), and
+    while on the worker their values."""
 
     __slots__ = ("outcomes", "values")
 
@@ -94,9 +95,9 @@ class Result:
         return (Result, (self.outcomes,))  # the values stay behind: see the module's doc
 
     def get(self) -> Any:
-        """The value (a run's: its members' values, by index): from memory, else (moved
-        or spilled) from ``stored``: a single value once, a run's members one by one as
-        they are picked (:class:`bundle.Members`)."""
+        """The value (a bundle of several: its members' values, by index): from memory,
+        else (moved or spilled) from ``stored``: a single value once, a bundle's members
+        one by one as they are picked (:class:`bundle.Members`)."""
         if len(self.outcomes) > 1:
             return bundle.Members(self.outcomes) if self.values is _GONE else self.values
         if self.values is _GONE:
@@ -198,13 +199,11 @@ class DaskBackend:
                 entry = self._inflight.pop((members[0].id, members[0].attempt), None)
                 if entry is None:
                     continue
-                future, leader = entry[0], entry[1]
-                path: tuple[int, ...] = ()
+                future, leader, several = entry[0], entry[1], len(members) > 1
                 for k, outcome in enumerate(members):
-                    if len(members) > 1:
-                        path = (k,)
                     kept = future if read[outcome.id] else None  # else Dask may free it
-                    outcomes.append(remote.settle(outcome, kept, leader, outputs, path))
+                    outcomes.append(remote.settle(outcome, kept, leader, outputs,
+                                                  (k,) if several else ()))
             now = time.monotonic()
             if outcomes:
                 self._quiet_since = now

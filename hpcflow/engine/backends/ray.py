@@ -11,7 +11,7 @@ On the worker a GPU task is given the ids that Ray assigned (``ray.get_gpu_ids()
 
 **Bundles** (``bundle.py``). The calls that the core places on one slot in one round go
 as one Ray task (up to 16), a run of a sweep's members (``engine/runs.py``) as one, and
-a call that asks for more than one plain core alone, with its ``.options()``. Submitting
+a call that asks for anything but one plain core alone, with its ``.options()``. Submitting
 a Ray task costs the driver ~0.15 ms and the cluster ~0.6 ms in all: far more than a
 short task, so sharing it is what makes many short tasks cheap.
 
@@ -113,8 +113,9 @@ class RayBackend:
             inflight[outcome] = (values, task.members, task.leader)
 
     def _variant(self, need: tuple[int, int, int, int], keep: bool) -> Any:
-        """The remote function with this need's options, made once per need (the plain
-        one for a one-core task: Ray checks ``.options()`` again at every call)."""
+        """The remote function with this need's options and ``keep``'s returns, made once
+        for each (the plain one for a one-core task: Ray checks ``.options()`` again at
+        every call)."""
         variant = self._variants.get((need, keep))
         if variant is None:
             variant = self._tasks[keep]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_backends.py [--engines dask,ray,spark] [--workers 2]
         [--repeat 3] [--tasks 2000] [--layers 20] [--width 100] [--spark-scale 0.1]
-        [--mpi | --no-mpi] [--json FILE]
+        [--mpi | --no-mpi] [--per-task] [--json FILE]
 
 Each engine runs in a child process of its own (so no two frameworks share the machine),
 which starts the framework once (a Dask ``LocalCluster`` of ``--workers`` one-thread
@@ -22,13 +22,17 @@ Ours is the wall time of the whole ``hf.run`` (planning, run folder, connecting,
 journal on); ``core`` is the shared core's loop alone (``RunResult.elapsed``). Spark's
 per-job cost is about 100 ms here, so its sizes are scaled by ``--spark-scale``. With
 ``--mpi`` (default when ``mpiexec`` is found) the MPI engine's figure for the same
-workloads comes from ``run_hpcflow.py`` under ``mpiexec -n workers+1``. Medians are
-printed as a Markdown table, with ours/native. Every child has a timeout.
+workloads comes from ``run_hpcflow.py`` under ``mpiexec -n workers+1``. With
+``--per-task`` each repeat also times ours on Dask and Ray with one framework task per
+task (no bundles, no runs: what the backends do for tasks of 10 ms or more), against the
+same native time (rows "..., per task"). Medians are printed as a Markdown table, with
+ours/native. Every child has a timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -38,8 +42,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -210,22 +215,52 @@ def child(args: argparse.Namespace) -> None:
 
     ours(noop_workflow(4))
     native.noop(4)
+    per_task = args.per_task and engine in PER_TASK
     try:
         for _ in range(args.repeat):
             seconds, core, out = ours(noop_workflow(n))
             assert out["all"] == list(range(n))
             t0 = time.perf_counter()
             assert native.noop(n) == list(range(n))
-            emit(engine, "noop", n, seconds, core, time.perf_counter() - t0)
+            emit(engine, "noop", n, seconds, core, native_s := time.perf_counter() - t0)
+            if per_task:
+                with one_task_each(engine):
+                    seconds, core, out = ours(noop_workflow(n))
+                assert out["all"] == list(range(n))
+                emit(engine, "noop, per task", n, seconds, core, native_s)
             seconds, core, out = ours(dag_workflow(layers, width))
             assert out["last"] == expected_last(layers, width)
             t0 = time.perf_counter()
             assert native.dag(layers, width) == expected_last(layers, width)
-            emit(engine, f"dag{layers}x{width}", layers * width, seconds, core,
-                 time.perf_counter() - t0)
+            dag = f"dag{layers}x{width}"
+            emit(engine, dag, layers * width, seconds, core, native_s := time.perf_counter() - t0)
+            if per_task:
+                with one_task_each(engine):
+                    seconds, core, out = ours(dag_workflow(layers, width))
+                assert out["last"] == expected_last(layers, width)
+                emit(engine, f"{dag}, per task", layers * width, seconds, core, native_s)
     finally:
         native.close()
         shutil.rmtree(os.environ["HPCFLOW_RUNS"], ignore_errors=True)
+
+
+PER_TASK = {"dask": "DaskBackend", "ray": "RayBackend"}
+
+
+@contextmanager
+def one_task_each(engine: str) -> Iterator[None]:
+    """The backend with one framework task per task (no bundles, no runs): what it does
+    for tasks of 10 ms or more, where the core queues one call per slot."""
+    from hpcflow.engine.backends import bundle
+
+    backend = getattr(importlib.import_module(f"hpcflow.engine.backends.{engine}"),
+                      PER_TASK[engine])
+    saved = bundle.BUNDLE, backend.runs
+    bundle.BUNDLE, backend.runs = 1, False
+    try:
+        yield
+    finally:
+        bundle.BUNDLE, backend.runs = saved
 
 
 def emit(engine: str, workload: str, n: int, ours: float, core: float, native: float) -> None:
@@ -237,7 +272,8 @@ def emit(engine: str, workload: str, n: int, ours: float, core: float, native: f
 def run_child(engine: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     argv = [sys.executable, __file__, "--child", engine, "--workers", str(args.workers),
             "--repeat", str(args.repeat), "--tasks", str(args.tasks), "--layers",
-            str(args.layers), "--width", str(args.width), "--spark-scale", str(args.spark_scale)]
+            str(args.layers), "--width", str(args.width), "--spark-scale", str(args.spark_scale),
+            *(["--per-task"] if args.per_task else [])]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -307,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spark-scale", type=float, default=0.1)
     parser.add_argument("--mpi", action=argparse.BooleanOptionalAction,
                         default=shutil.which("mpiexec") is not None)
+    parser.add_argument("--per-task", action="store_true", help="also time Dask and Ray "
+                        "with one framework task per task (no bundles, no runs)")
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--table", help="only print the table of these --json files "
                         "(comma-separated), measuring nothing")

@@ -21,6 +21,10 @@ import hpcflow as hf
 DAG_TASKS = 200
 DAG_SEED = 20240607
 FAILING_DAG_TASKS = 60
+SHORT_SWEEP = 600
+LAYERS, WIDTH = 6, 30
+BAD = (3, 7)  # the layered DAG's task that fails (layer, index)
+RETRIED = 50  # the member of the flaky sweep that fails its first attempt
 
 
 def square(x):
@@ -101,6 +105,28 @@ def visible_gpu(i):
     start = time.time()
     time.sleep(0.3)
     return os.environ.get("CUDA_VISIBLE_DEVICES"), start, time.time()
+
+
+def step(k, i, a, b, folder, fail):
+    """A layered DAG's task: leaves ran-<k>-<i> in ``folder``; with ``fail``, BAD fails."""
+    (Path(folder) / f"ran-{k}-{i}").touch()
+    if fail and (k, i) == BAD:
+        raise ValueError(f"step {k}-{i} fails on purpose")
+    return (a * 3 + b + k) % 1009
+
+
+def first_try_fails(x, folder):
+    """Fails the first attempt of member RETRIED; returns (x, the attempt that ran)."""
+    mark = Path(folder) / f"try-{x}"
+    attempt = int(mark.read_text()) + 1 if mark.exists() else 1
+    mark.write_text(str(attempt))
+    if x == RETRIED and attempt == 1:
+        raise RuntimeError(f"first attempt of {x}")
+    return x, attempt
+
+
+def follow(value):
+    return value
 
 
 class Scaler:
@@ -202,6 +228,35 @@ def gpu_tasks() -> hf.Workflow:
     return hf.workflow("gpus", outputs=[hf.task(visible_gpu, gpus=1).sweep({"i": range(6)}).all()])
 
 
+def short_sweep() -> hf.Workflow:
+    """Many short members of a sweep over values, and a gather: they travel as runs."""
+    sq = hf.task(square).sweep({"x": range(SHORT_SWEEP)})
+    return hf.workflow("short_sweep", outputs={"all": sq.all(), "sum": hf.task(total)(sq)})
+
+
+def layered(failing: bool = False) -> hf.Workflow:
+    """LAYERS x WIDTH short tasks, each reading two of the layer above (the benchmarks'
+    layered DAG): the first layer goes as runs, the others in bundles."""
+    folder = str(_scratch())
+    shifted = [(i + 1) % WIDTH for i in range(WIDTH)]
+    prev = hf.task(square, name="top").sweep({"x": range(WIDTH)})
+    for k in range(1, LAYERS):
+        prev = hf.task(step, name=f"layer{k}").sweep(
+            {"a": prev.each(), "b": prev.each(shifted), "i": range(WIDTH)}, mode="zip",
+            k=k, folder=folder, fail=failing)
+    return hf.workflow("layered", outputs={"last": prev.all()})
+
+
+def layered_failing() -> hf.Workflow:
+    return layered(failing=True)
+
+
+def retried_member() -> hf.Workflow:
+    """A short sweep whose member RETRIED fails once, and a task per member reading it."""
+    sweep = hf.task(first_try_fails, retries=1).sweep({"x": range(100)}, folder=str(_scratch()))
+    return hf.workflow("retried_member", outputs={"all": hf.task(follow).map(value=sweep).all()})
+
+
 def random_dag() -> hf.Workflow:
     return _random_dag("random_dag", DAG_TASKS, node)
 
@@ -229,6 +284,24 @@ def expected_random_dag(n: int = DAG_TASKS) -> list[int]:
     for i, parents in enumerate(dag_edges(n)):
         values.append(node(i, [values[p] for p in parents]))
     return values
+
+
+def expected_layered(failing: bool) -> tuple[list[int] | None, set[tuple[int, int]]]:
+    """The layered DAG's last layer (None when it fails) and the tasks that must run:
+    with ``failing``, none downstream of BAD."""
+    row = [x * x for x in range(WIDTH)]
+    blocked: set[tuple[int, int]] = set()
+    ran: set[tuple[int, int]] = set()
+    for k in range(1, LAYERS):
+        for i in range(WIDTH):
+            if (k - 1, i) in blocked or (k - 1, (i + 1) % WIDTH) in blocked:
+                blocked.add((k, i))
+            else:
+                ran.add((k, i))
+                if failing and (k, i) == BAD:
+                    blocked.add((k, i))
+        row = [(row[i] * 3 + row[(i + 1) % WIDTH] + k) % 1009 for i in range(WIDTH)]
+    return (None if failing else row), ran
 
 
 def expected_failing_dag(n: int = FAILING_DAG_TASKS) -> tuple[set[int], int]:

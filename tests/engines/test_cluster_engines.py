@@ -13,9 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import WORKFLOWS, cli_env, skip_unless_installed
+from engine_workflows import LAYERS, WIDTH
 
 import hpcflow as hf
-from hpcflow.engine.backends import remote
+from hpcflow.engine.backends import bundle, remote
 from hpcflow.errors import EngineError, ResourceError
 from hpcflow.store.journal import read_journal
 
@@ -29,26 +30,61 @@ on = pytest.mark.engines  # run only with these of the session's engines (confte
 @on(*CLUSTER_ENGINES)
 def test_results_feeding_tasks_stay_on_the_cluster(engine, tmp_path, monkeypatch):
     """The 1.6 MB array reaches its two readers as a handle, never through the coordinator,
-    which loads only the two (inline) outputs."""
-    swapped: list[list] = []
+    which loads only the two (inline) outputs and sends no task payload near its size."""
+    handles: list[int] = []
+    payloads: list[int] = []
     loaded: list[str] = []
     real_swap, real_load = remote.swap, remote.load_result
+    real_pack, real_payload = remote.pack_call, bundle.Bundle.payload
 
-    def swap(call):
-        found = real_swap(call)
-        swapped.append(found[1])
+    def swap(call, refs, seen):
+        before = len(refs)
+        found = real_swap(call, refs, seen)
+        handles.append(len(refs) - before)
         return found
 
     def load(stored):
         loaded.append(stored[0])
         return real_load(stored)
 
+    def pack(*items):
+        payloads.append(len(data := real_pack(*items)))
+        return data
+
+    def payload(self):
+        payloads.append(len(data := real_payload(self)))
+        return data
+
     monkeypatch.setattr(remote, "swap", swap)
+    monkeypatch.setattr(bundle, "swap", swap)
     monkeypatch.setattr(remote, "load_result", load)
+    monkeypatch.setattr(remote, "pack_call", pack)
+    monkeypatch.setattr(bundle.Bundle, "payload", payload)
     got = engine.run("large", tmp_path)
     assert got.status == "succeeded"
-    assert sorted(len(refs) for refs in swapped) == [0, 1, 1]  # big, then once and twice
+    assert sum(handles) in (1, 2)  # once and twice each read it: one reference if bundled
     assert loaded == ["inline", "inline"]
+    assert payloads and max(payloads) < 10_000
+
+
+@on("dask", "ray")
+def test_short_tasks_share_framework_tasks(engine, reference, tmp_path, monkeypatch):
+    """Once tasks are known to be short, calls placed on one slot go as one framework
+    task (a bundle) and sweeps as runs: far fewer Dask or Ray tasks than tasks."""
+    tasks: list[bundle.Bundle] = []
+    real = bundle.bundles
+
+    def record(*args):
+        found = real(*args)
+        tasks.extend(found)
+        return found
+
+    monkeypatch.setattr(bundle, "bundles", record)
+    got = engine.run("layered", tmp_path)
+    assert got == reference("layered", tmp_path)
+    members = [len(t.members) for t in tasks]
+    assert sum(members) == LAYERS * WIDTH
+    assert max(members) > 1 and len(tasks) < LAYERS * WIDTH // 2, members
 
 
 def test_cores_above_a_share_never_oversubscribe(engine, tmp_path):

@@ -10,9 +10,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import engine_workflows
 import pytest
-from engine_workflows import expected_failing_dag, expected_random_dag
+from engine_workflows import (
+    BAD,
+    LAYERS,
+    RETRIED,
+    SHORT_SWEEP,
+    WIDTH,
+    expected_failing_dag,
+    expected_layered,
+    expected_random_dag,
+)
 
+from hpcflow.engine.runner import resume_preview
 from hpcflow.report.status import load_run
 from hpcflow.store.journal import Event, read_journal
 
@@ -121,3 +132,70 @@ def test_random_dag_with_failures_fails_the_same_way(engine, reference, tmp_path
     failed, skipped = expected_failing_dag()
     assert {int(task[1:]) for task, _ in got.failures} == failed
     assert got.skipped == skipped
+
+
+# -- many short tasks: runs and bundles (the local, MPI, Dask and Ray backends) ----------
+def _runs(journal: list[tuple]) -> list[list[int]]:
+    """DISPATCH events of one call (a run) share worker and time: consecutive ids so."""
+    runs: list[list[int]] = []
+    last = None
+    for event in journal:
+        if event[0] != Event.DISPATCH:
+            continue
+        key = (event[3], event[4])
+        if runs and key == last and event[1] == runs[-1][-1] + 1:
+            runs[-1].append(event[1])
+        else:
+            runs.append([event[1]])
+        last = key
+    return runs
+
+
+@pytest.mark.engines("local", "mpi", "dask", "ray")  # Spark: no runs, ~100 ms a job
+def test_short_sweep_travels_as_runs_and_resume_reuses_every_member(engine, reference,
+                                                                     tmp_path):
+    got = engine.run("short_sweep", tmp_path)
+    assert got == reference("short_sweep", tmp_path)
+    assert got.outputs["sum"] == repr(sum(x * x for x in range(SHORT_SWEEP)))
+    journal = _journal(got.run_dir)
+    kinds = [e[0] for e in journal]
+    assert kinds.count(Event.DISPATCH) == kinds.count(Event.DONE) == SHORT_SWEEP + 1
+    assert len({e[1] for e in journal if e[0] == Event.DONE}) == SHORT_SWEEP + 1
+    assert max(len(r) for r in _runs(journal)) >= 8, "no run of several members was sent"
+    _, decision = resume_preview(engine_workflows.short_sweep(), got.run_dir)
+    assert decision.reasons == {}  # the workers' fingerprints are the coordinator's
+    assert len(decision.reuse) == SHORT_SWEEP + 1
+
+
+def _ran(folder: Path) -> set[tuple[int, int]]:
+    return {tuple(int(x) for x in f.name.split("-")[1:]) for f in folder.glob("ran-*")}
+
+
+def test_layered_dag_of_short_tasks_matches_local(engine, reference, tmp_path):
+    got = engine.run("layered", tmp_path)
+    assert got == reference("layered", tmp_path)
+    last, ran = expected_layered(failing=False)
+    assert got.outputs["last"] == repr(last)
+    assert _ran(tmp_path) == ran
+
+
+def test_a_failure_inside_a_dag_of_short_tasks_runs_none_of_its_descendants(
+        engine, reference, tmp_path):
+    got = engine.run("layered_failing", tmp_path)
+    assert got == reference("layered_failing", tmp_path)
+    _, ran = expected_layered(failing=True)
+    assert got.failures == [(f"layer{BAD[0]}[{BAD[1]}]", "ValueError: step 3-7 fails on purpose")]
+    assert got.skipped == LAYERS * WIDTH - WIDTH - len(ran)
+    assert _ran(tmp_path) == ran  # each ran once, and no descendant of BAD ever started
+    skipped = {e[1] for e in _journal(got.run_dir) if e[0] == Event.SKIP}
+    started = {e[1] for e in _journal(got.run_dir) if e[0] == Event.DISPATCH}
+    assert len(skipped) == got.skipped and not skipped & started
+
+
+def test_a_retried_member_s_dependent_reads_the_retried_value(engine, reference, tmp_path):
+    got = engine.run("retried_member", tmp_path)
+    assert got == reference("retried_member", tmp_path)
+    expected = [(x, 2 if x == RETRIED else 1) for x in range(100)]
+    assert got.outputs["all"] == repr(expected)
+    retried = [e[1] for e in _journal(got.run_dir) if e[0] == Event.RETRY]
+    assert len(retried) == 1

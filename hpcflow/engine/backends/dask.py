@@ -16,16 +16,24 @@ idle, as on every engine), and resources no worker declares are not requested (D
 would wait for ever). A GPU task is pinned to its leader slot's worker: GPU ids mean
 something only on their own node.
 
-**Handles and durability.** The task's wrapper runs the shared Executor on the worker,
-persists the result there (``remote.run_call``) and returns a :class:`Result`: the
-Outcome, and the value, kept on the worker. A Result pickles *without* its value, so
-what the client gathers is the small Outcome alone; a dependent on the same worker gets
-the value from memory, one elsewhere (or after Dask spilled it) loads it once from
-``stored``, inline or the file the worker wrote. The core holds the future as a handle,
-and dropping it lets Dask free the value. Dask's ``sizeof`` counts the value.
+**Bundles** (``bundle.py``). The calls that the core places on one slot in one round go
+as one Dask task (up to 16), a run of a sweep's members (``engine/runs.py``) as one, and
+a call that asks for anything but one plain core (more cores, GPUs, memory, ranks)
+alone: a Dask task costs about a millisecond of scheduler and client time, far more
+than a short task.
 
-**Outcomes** travel as Dask events: the wrapper sends its Outcome with
-``log_event`` (topic ``hpcflow-<run>``) and the client's subscription queues it for
+**Handles and durability.** The task's wrapper runs the shared Executor on the worker,
+persists each result there (``remote.Site.run_calls``) and returns a :class:`Result`:
+the members' Outcomes, and their values, kept on the worker. A Result pickles *without*
+its values, so what leaves the worker is the small Outcomes alone; a dependent on the
+same worker gets a value from memory, one elsewhere (or after Dask spilled it) loads it
+once from ``stored``, inline or the file the worker wrote (a bundle's other members are
+not loaded). The core holds the future as the members' handle (member ``k`` of a bundle
+of several: path ``(k, ...)``) where a dependent reads it, and dropping it lets Dask
+free the values. Dask's ``sizeof`` counts the values.
+
+**Outcomes** travel as Dask events: the wrapper sends its Outcomes (bytes of plain tuples)
+with ``log_event`` (topic ``hpcflow-<run>``) and the client's subscription queues it for
 ``wait``, so the coordinator learns of a completion without gathering anything (a
 done-callback plus a gather per batch cost 1.3-1.5x native on the layered DAG). The
 future stays the handle. A task whose future fails without an event (its worker died
@@ -44,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -56,7 +63,7 @@ import distributed
 from dask.sizeof import sizeof
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from hpcflow.engine.backends import remote
+from hpcflow.engine.backends import bundle, remote
 from hpcflow.engine.core import check_fits
 from hpcflow.engine.execute import Call, Outcome
 from hpcflow.engine.local import machine_shares
@@ -76,26 +83,31 @@ _GONE = object()
 
 
 class Result:
-    """What a task returns to Dask: its Outcome, and its value while on the worker."""
+    """What a task returns to Dask: its outcomes (one call's, or a bundle's members'), and
+    while on the worker their values."""
 
-    __slots__ = ("outcome", "value")
+    __slots__ = ("outcomes", "values")
 
-    def __init__(self, outcome: Outcome, value: Any = _GONE) -> None:
-        self.outcome, self.value = outcome, value
+    def __init__(self, outcomes: list[Outcome], values: Any = _GONE) -> None:
+        self.outcomes, self.values = outcomes, values
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Result, (self.outcome,))  # the value stays behind: see the module's doc
+        return (Result, (self.outcomes,))  # the values stay behind: see the module's doc
 
     def get(self) -> Any:
-        """The value: from memory, else (moved or spilled) from ``stored``, once."""
-        if self.value is _GONE:
-            self.value = load_result(self.outcome.stored)
-        return self.value
+        """The value (a bundle of several: its members' values, by index): from memory,
+        else (moved or spilled) from ``stored``: a single value once, a bundle's members
+        one by one as they are picked (:class:`bundle.Members`)."""
+        if len(self.outcomes) > 1:
+            return bundle.Members(self.outcomes) if self.values is _GONE else self.values
+        if self.values is _GONE:
+            self.values = [load_result(self.outcomes[0].stored)]
+        return self.values[0]
 
 
 @sizeof.register(Result)
 def _sizeof_result(result: Result) -> int:
-    return sizeof(result.outcome) + (0 if result.value is _GONE else sizeof(result.value))
+    return sizeof(result.outcomes) + (0 if result.values is _GONE else sizeof(result.values))
 
 
 class _Setup(WorkerPlugin):
@@ -112,14 +124,14 @@ class _Setup(WorkerPlugin):
 
 
 def _run(token: str, payload: bytes, *inputs: Result) -> Result:
-    """The task on the worker: the shared Executor, then the result persisted here and
-    its Outcome sent to the client as an event (no gather needed to journal it)."""
-    executor, run = remote.executor_for(token, _not_set_up)
-    call, ranks = remote.unpack_call(payload)
-    outcome, value = remote.run_call(executor, run, call, ranks, [r.get() for r in inputs])
-    message = pickle.dumps(tuple(outcome), protocol=5)  # its result pickled in store_result
-    distributed.get_worker().log_event(f"hpcflow-{token}", message)
-    return Result(outcome, value)
+    """The task on the worker: the shared Executor (for a run, on each member), then the
+    results persisted here and the outcomes sent to the client as one event (no gather
+    needed to journal them)."""
+    site = remote.site_for(token, _not_set_up)
+    calls, ranks, _ = bundle.unpack(payload)
+    outcomes, values = site.run_calls(calls, ranks, [r.get() for r in inputs])
+    distributed.get_worker().log_event(f"hpcflow-{token}", bundle.pack_outcomes(outcomes))
+    return Result(outcomes, values)
 
 
 def _not_set_up() -> bytes:
@@ -128,6 +140,7 @@ def _not_set_up() -> bytes:
 
 class DaskBackend:
     name = "dask"
+    runs = True  # a run of a sweep's members is one Dask task (engine/runs.py)
 
     def __init__(self, client: distributed.Client, cluster: Any, plan: Plan, run: RunDir,
                  slots: list[Slot], addresses: list[str], declared: dict[str, float]) -> None:
@@ -135,10 +148,11 @@ class DaskBackend:
         self._slots, self._addresses, self._declared = slots, addresses, declared
         self._needs = remote.Needs(plan)
         self._outputs = remote.output_ids(plan)
+        self._read = remote.read_by_handle(plan)
         self._requests: dict[tuple[int, int, int, int], dict[str, float] | None] = {}
         self._token = f"{run.path.name}-{uuid4().hex[:8]}"
-        self._plugin = _Setup(self._token, remote.pack_setup(plan, str(run.path)))
-        self._inflight: dict[tuple[int, int], tuple[distributed.Future, int]] = {}
+        self._plugin = _Setup(self._token, remote.pack_setup(plan, str(run.path), runs=True))
+        self._inflight: dict[tuple[int, int], tuple[distributed.Future, int, list[tuple[int, int]]]] = {}
         self._done: SimpleQueue[bytes] = SimpleQueue()
         self._topic = f"hpcflow-{self._token}"
         client.register_plugin(self._plugin)
@@ -149,17 +163,18 @@ class DaskBackend:
         return self._slots
 
     def submit(self, batch: Sequence[tuple[Call, Placement]]) -> None:
-        client, token, needs = self._client, self._token, self._needs
-        for call, placement in batch:
-            call, refs = remote.swap(call)
-            need = needs(call.id)
-            leader = placement.leaders[0]
-            key = f"hpcflow-{token}-{call.id}-{call.attempt}"
-            future = client.submit(_run, token, remote.pack_call(call, need[3]), *refs, key=key,
-                                   resources=self._request(need), pure=False,
-                                   workers=[self._addresses[leader]] if need[1] else None,
+        """One Dask task per bundle (``bundle.py``): short calls placed on one slot go
+        together, a run whole or in pieces, anything wider alone."""
+        client, token = self._client, self._token
+        for task in bundle.bundles(batch, self._needs, self._read):
+            members = task.members
+            key = f"hpcflow-{token}-{members[0][0]}-{members[0][1]}"
+            gpus = task.need[1]
+            future = client.submit(_run, token, task.payload(), *task.refs, key=key,
+                                   resources=self._request(task.need), pure=False,
+                                   workers=[self._addresses[task.leader]] if gpus else None,
                                    allow_other_workers=False)
-            self._inflight[(call.id, call.attempt)] = (future, leader)
+            self._inflight[members[0]] = (future, task.leader, members)
 
     def _request(self, need: tuple[int, int, int, int]) -> dict[str, float] | None:
         request = self._requests.get(need)
@@ -176,13 +191,19 @@ class DaskBackend:
         futures that failed without reporting (their worker died)."""
         step = LOST_CHECK if timeout is None else min(timeout, LOST_CHECK)
         linger = remote.linger(len(self._inflight), len(self._slots))
+        outputs, read = self._outputs, self._read
         outcomes: list[Outcome] = []
         while not outcomes:
             for message in remote.take(self._done, step, linger):
-                outcome = Outcome(*pickle.loads(message))
-                entry = self._inflight.pop((outcome.id, outcome.attempt), None)
-                if entry is not None:
-                    outcomes.append(remote.settle(outcome, entry[0], entry[1], self._outputs))
+                members = bundle.unpack_outcomes(message)
+                entry = self._inflight.pop((members[0].id, members[0].attempt), None)
+                if entry is None:
+                    continue
+                future, leader, several = entry[0], entry[1], len(members) > 1
+                for k, outcome in enumerate(members):
+                    kept = future if read[outcome.id] else None  # else Dask may free it
+                    outcomes.append(remote.settle(outcome, kept, leader, outputs,
+                                                  (k,) if several else ()))
             now = time.monotonic()
             if outcomes:
                 self._quiet_since = now
@@ -196,14 +217,14 @@ class DaskBackend:
     def _lost(self) -> list[Outcome]:
         """Outcomes for the tasks whose futures failed (a worker died, Dask gave up)."""
         lost: list[Outcome] = []
-        for (call_id, attempt), (future, leader) in list(self._inflight.items()):
+        for first, (future, leader, members) in list(self._inflight.items()):
             if future.status in ("error", "lost", "cancelled"):
-                del self._inflight[(call_id, attempt)]
+                del self._inflight[first]
                 try:
                     exc = future.exception(timeout=1) or RuntimeError(future.status)
                 except Exception as err:
                     exc = err
-                lost.append(remote.lost(call_id, attempt, leader, "dask", exc))
+                lost.extend(remote.lost(i, attempt, leader, "dask", exc) for i, attempt in members)
         return lost
 
     def shutdown(self) -> None:

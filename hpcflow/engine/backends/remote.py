@@ -12,7 +12,7 @@ worker*; there :func:`fill` puts the values back before the shared Executor runs
 call. The workflow's outputs are the exception: the core hands them to the caller, so
 they are reported as values.
 
-**Durability.** The worker persists a result before it reports (:func:`run_call`, with
+**Durability.** The worker persists a result before it reports (:meth:`Site.run_calls`, with
 ``engine/results.py``, as the MPI workers do): a small one travels inline in the Outcome's
 ``stored`` field, a large one is written to ``results/<id>.pkl`` aside and renamed, and
 ``stored`` names the file. The coordinator only journals ``stored``, so a result counts
@@ -21,8 +21,11 @@ once the journal has it, whatever the framework does with its copy.
 **Set-up.** The plan's actions (functions, classes, shell commands) travel once per run
 and worker process, not with every task: :func:`pack_setup` makes the blob (user code
 that is not an installed package is pickled by value, since a remote worker cannot
-import a workflow file or a test module), and :func:`executor_for` builds one
-:class:`~hpcflow.engine.execute.Executor` per process and run from it.
+import a workflow file or a test module), and :func:`site_for` builds one :class:`Site`
+per process and run from it: the shared :class:`~hpcflow.engine.execute.Executor`, the
+run folder, and the specs with which it expands *runs* (``engine/runs.py``: members of
+a sweep over values that the core sends as one call; the framework then runs one task
+for them all, which returns the members' outcomes and a list of their values).
 """
 
 from __future__ import annotations
@@ -42,15 +45,17 @@ import cloudpickle
 
 from hpcflow.engine.execute import Call, Executor, Outcome
 from hpcflow.engine.results import persist
+from hpcflow.engine.runs import RunSpec, expand, run_specs
 from hpcflow.errors import EngineError
 from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
 from hpcflow.plan.plan import Plan
 from hpcflow.store.rundir import RunDir, load_result
 
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__
 LINGER = 0.002
 """Seconds ``wait`` gathers further completions while the workers have queued work."""
 KEEP_EXECUTORS = 4
-"""Executors (one per run) a worker process keeps: a long-lived cluster serves many runs."""
+"""Sites (one per run) a worker process keeps: a long-lived cluster serves many runs."""
 
 
 class Handle:
@@ -84,14 +89,17 @@ class Hole:
         return (Hole, (self.index, self.path))
 
 
-def swap(call: Call) -> tuple[Call, list[Any]]:
-    """``call`` with a :class:`Hole` for each handle, and the references, each once."""
-    refs: list[Any] = []
-    seen: dict[int, int] = {}
+def swap(call: Call, refs: list[Any], seen: dict[int, int]) -> Call:
+    """``call`` with a :class:`Hole` for each handle; the references go to ``refs``,
+    each once (``seen``: their indices there, by identity), so that the calls of one
+    framework task share one list."""
+    holes = 0
 
     def walk(value: Any) -> Any:
+        nonlocal holes
         kind = type(value)
         if kind is Handle:
+            holes += 1
             index = seen.get(id(value.ref))
             if index is None:
                 index = seen[id(value.ref)] = len(refs)
@@ -104,7 +112,7 @@ def swap(call: Call) -> tuple[Call, list[Any]]:
         return value
 
     args, kwargs = walk(call.args), walk(call.kwargs)
-    return (call._replace(args=args, kwargs=kwargs), refs) if refs else (call, refs)
+    return call._replace(args=args, kwargs=kwargs) if holes else call
 
 
 def fill(call: Call, values: Sequence[Any]) -> Call:
@@ -143,45 +151,47 @@ def unpack_call(payload: bytes) -> tuple[Any, ...]:
 
 
 # -- set-up: the actions, once per worker process and run -----------------------------
-_EXECUTORS: OrderedDict[str, tuple[Executor, RunDir]] = OrderedDict()
+_SITES: OrderedDict[str, Site] = OrderedDict()
 
 
-def pack_setup(plan: Plan, run_dir: str) -> bytes:
-    """The run folder, the plan's python_path and its actions, for :func:`executor_for`."""
+def pack_setup(plan: Plan, run_dir: str, runs: bool = False) -> bytes:
+    """The run folder, the plan's python_path, its actions and (``runs``: the backend's
+    workers expand runs) the closed groups' run specs, for :func:`site_for`."""
     actions = [g.task.action for g in plan.groups]
+    specs = run_specs(plan) if runs else {}
     modules = _user_modules(actions)
     for module in modules:
         cloudpickle.register_pickle_by_value(module)
     try:
-        blob = cloudpickle.dumps(actions, protocol=5)
+        blob = cloudpickle.dumps((actions, specs), protocol=5)
     finally:
         for module in modules:
             cloudpickle.unregister_pickle_by_value(module)
     return pickle.dumps((run_dir, list(plan.python_path), blob), protocol=5)
 
 
-def executor_for(token: str, setup: Callable[[], bytes]) -> tuple[Executor, RunDir]:
-    """This process's Executor for run ``token``, built from ``setup()`` the first time."""
-    found = _EXECUTORS.get(token)
+def site_for(token: str, setup: Callable[[], bytes]) -> Site:
+    """This process's :class:`Site` for run ``token``, built from ``setup()`` the first time."""
+    found = _SITES.get(token)
     if found is None:
         found = install(token, setup())
     return found
 
 
-def install(token: str, setup: bytes) -> tuple[Executor, RunDir]:
+def install(token: str, setup: bytes) -> Site:
     run_dir, python_path, blob = pickle.loads(setup)
     for folder in reversed(python_path):  # before the actions load: they may import from it
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    executor = Executor(cloudpickle.loads(blob), run_dir, python_path)
-    _EXECUTORS[token] = found = (executor, RunDir(run_dir))
-    while len(_EXECUTORS) > KEEP_EXECUTORS:
-        _EXECUTORS.popitem(last=False)
+    actions, specs = cloudpickle.loads(blob)
+    _SITES[token] = found = Site(Executor(actions, run_dir, python_path), RunDir(run_dir), specs)
+    while len(_SITES) > KEEP_EXECUTORS:
+        _SITES.popitem(last=False)
     return found
 
 
 def forget(token: str) -> None:
-    _EXECUTORS.pop(token, None)
+    _SITES.pop(token, None)
 
 
 def _user_modules(actions: Sequence[Any]) -> list[ModuleType]:
@@ -203,27 +213,57 @@ def _user_modules(actions: Sequence[Any]) -> list[ModuleType]:
 
 
 # -- on the worker --------------------------------------------------------------------
-def run_call(executor: Executor, run: RunDir, call: Call, ranks: int,
-             values: Sequence[Any] = ()) -> tuple[Outcome, Any]:
-    """Run ``call`` with the shared Executor and persist its result; returns the
-    outcome to report (``value`` None, ``stored`` set) and the value to keep here."""
-    start = time.time()
-    try:
-        if values:
-            call = fill(call, values)
-    except Exception as exc:  # an input's file vanished, say: the task failed, not the worker
-        error = f"could not fetch its inputs: {type(exc).__name__}: {exc}"
-        return Outcome(call.id, call.attempt, False, None, start, time.time(), 0, error), None
-    outcome = executor.run(call, ranks)
-    if not outcome.ok:
-        return outcome, None
-    outcome = persist(run, executor.actions[call.group], outcome)
-    if not outcome.ok:
-        return outcome, None
-    return outcome._replace(value=None), outcome.value
+class Site:
+    """What a worker process keeps for one run: the shared Executor, the run folder, and
+    the specs that expand runs (``engine/runs.py``)."""
+
+    __slots__ = ("executor", "run", "runs")
+
+    def __init__(self, executor: Executor, run: RunDir, runs: dict[int, RunSpec]) -> None:
+        self.executor, self.run, self.runs = executor, run, runs
+
+    def run_calls(self, calls: Sequence[Call], ranks: int, values: Sequence[Any] = ()
+                  ) -> tuple[list[Outcome], list[Any]]:
+        """Run ``calls`` one after the other (a run: each of its members) and persist
+        each result; returns the outcomes to report (``value`` None, ``stored`` set) and
+        the values to keep here, in the same order."""
+        outcomes, kept = [], []
+        for call in calls:
+            members = expand(self.runs[call.group], call) if call.count > 1 else (call,)
+            for member in members:
+                outcome, value = self._one(member, ranks, values)
+                outcomes.append(outcome)
+                kept.append(value)
+        return outcomes, kept
+
+    def _one(self, call: Call, ranks: int, values: Sequence[Any]) -> tuple[Outcome, Any]:
+        start = time.time()
+        try:
+            if values:
+                call = fill(call, values)
+        except Exception as exc:  # an input's file vanished, say: the task failed, not the worker
+            error = f"could not fetch its inputs: {type(exc).__name__}: {exc}"
+            return Outcome(call.id, call.attempt, False, None, start, time.time(), 0, error), None
+        executor = self.executor
+        outcome = executor.run(call, ranks)
+        if not outcome.ok:
+            return outcome, None
+        outcome = persist(self.run, executor.actions[call.group], outcome, call.fp)
+        if not outcome.ok:
+            return outcome, None
+        value = outcome.value
+        return _new(Outcome, (*outcome[:3], None, *outcome[4:])), value
 
 
 # -- on the coordinator ---------------------------------------------------------------
+def read_by_handle(plan: Plan) -> list[bool]:
+    """Per task, whether dependents will read its value through a handle: it has
+    successors and is not a workflow output (whose value the core gets itself)."""
+    outputs = output_ids(plan)
+    ptr = plan.succ_ptr.tolist()
+    return [ptr[i + 1] > ptr[i] and i not in outputs for i in range(plan.n)]
+
+
 def output_ids(plan: Plan) -> set[int]:
     """Tasks whose values the core returns as the workflow's outputs."""
     ids: set[int] = set()
@@ -233,14 +273,22 @@ def output_ids(plan: Plan) -> set[int]:
     return ids
 
 
-def settle(outcome: Outcome, ref: Any, worker: int, outputs: set[int]) -> Outcome:
-    """The outcome the core gets: a :class:`Handle` on ``ref`` as its value, or the value
-    itself for a workflow output (or where ``ref`` is None: there is nothing to keep)."""
+def settle(outcome: Outcome, ref: Any, worker: int, outputs: set[int],
+           path: tuple[Any, ...] = ()) -> Outcome:
+    """The outcome the core gets, with the slot it was accounted to: as its value a
+    :class:`Handle` on ``ref`` (``path`` picks a run member's value from the run's list),
+    the value itself for a workflow output, else (``ref`` None: no framework copy) the
+    inline value, or None for a large result no task reads."""
     if not outcome.ok:
-        return outcome._replace(worker=worker)
-    if ref is None or outcome.id in outputs:
-        return outcome._replace(value=load_result(outcome.stored), worker=worker)
-    return outcome._replace(value=Handle(ref), worker=worker)
+        value = None
+    elif outcome.id in outputs:
+        value = load_result(outcome.stored)
+    elif ref is not None:
+        value = Handle(ref, path)
+    else:
+        stored = outcome.stored
+        value = stored[1] if stored[0] == "inline" else None
+    return _new(Outcome, (*outcome[:3], value, outcome[4], outcome[5], worker, *outcome[7:]))
 
 
 def lost(call_id: int, attempt: int, worker: int, engine: str, exc: BaseException) -> Outcome:

@@ -8,7 +8,7 @@ used and left running. Java 17 must be installed (Debian: ``openjdk-17-jre-headl
 **Jobs.** ``submit`` hands each call to a thread pool; each thread runs
 ``sc.parallelize([payload], 1).map(run).collect()``, so several jobs are in flight at
 once and Spark's scheduler places them on executors. ``run`` is the shared Executor on
-the executor's Python worker, which persists the result there (``remote.run_call``) and
+the executor's Python worker, which persists the result there (``remote.Site.run_calls``) and
 returns only the small Outcome. Spark has no object store that outlives a job, so a
 large result's handle is its file in the run folder (dependents load it on their
 executor, never through the driver) and a small one travels inline.
@@ -54,10 +54,10 @@ THREADS_PER_SLOT = 2
 
 def _run(token: str, setup: Any, payload: bytes) -> Outcome:
     """The task on a Spark executor's Python worker."""
-    executor, run = remote.executor_for(token, lambda: setup.value)
+    site = remote.site_for(token, lambda: setup.value)
     call, ranks, refs = remote.unpack_call(payload)
-    outcome, _ = remote.run_call(executor, run, call, ranks, [load_result(r) for r in refs])
-    return outcome
+    outcomes, _ = site.run_calls((call,), ranks, [load_result(r) for r in refs])
+    return outcomes[0]
 
 
 class SparkBackend:
@@ -80,7 +80,8 @@ class SparkBackend:
 
     def submit(self, batch: Sequence[tuple[Call, Placement]]) -> None:
         for call, placement in batch:
-            call, refs = remote.swap(call)
+            refs: list[Any] = []
+            call = remote.swap(call, refs, {})
             payload = remote.pack_call(call, self._ranks[call.id], refs)
             self._pool.submit(self._job, call, placement.leaders[0], payload)
 

@@ -13,7 +13,6 @@ import pytest
 
 import hpcflow as hf
 from hpcflow.engine.execute import Call
-from hpcflow.engine.runner import resume_preview
 from hpcflow.engine.runs import closed_groups, expand, run_specs
 from hpcflow.plan.flatten import flatten
 from hpcflow.plan.policy import Placer, Slot
@@ -121,44 +120,6 @@ def test_groups_that_read_other_tasks_are_not_closed():
 
 
 # -- end to end -----------------------------------------------------------------------
-def _runs_in(journal: Path) -> list[list[int]]:
-    """DISPATCH events of one call share worker and time: group consecutive ids so."""
-    runs: list[list[int]] = []
-    last = None
-    for event in read_journal(journal):
-        if event[0] != Event.DISPATCH:
-            continue
-        key = (event[3], event[4])
-        if runs and key == last and event[1] == runs[-1][-1] + 1:
-            runs[-1].append(event[1])
-        else:
-            runs.append([event[1]])
-        last = key
-    return runs
-
-
-def _sweep(n: int) -> hf.Workflow:
-    sweep = hf.task(twice).sweep({"x": range(n)})
-    return hf.workflow("runs", outputs={"all": sweep.all(), "sum": hf.task(total)(sweep)})
-
-
-def test_short_tasks_travel_as_runs_and_resume_reuses_them(tmp_path):
-    """Local workers (the MPI workers: tests/mpi/test_mpi_run.py)."""
-    n = 3000
-    result = hf.run(_sweep(n), workers=2, run_dir=str(tmp_path / "run"))
-    assert result.outputs["all"] == [2 * x for x in range(n)]
-    assert result.outputs["sum"] == n * (n - 1)
-    journal = tmp_path / "run" / "journal.bin"
-    kinds = [e[0] for e in read_journal(journal)]
-    assert kinds.count(Event.DISPATCH) == kinds.count(Event.DONE) == n + 1
-    runs = _runs_in(journal)
-    assert max(len(r) for r in runs) >= 8, "no run of several members was sent"
-    assert sum(len(r) for r in runs) == n + 1 and len(runs) < n // 4
-    _, decision = resume_preview(_sweep(n), str(tmp_path / "run"))
-    assert decision.reasons == {}  # the workers' fingerprints are the coordinator's
-    assert len(decision.reuse) == n + 1
-
-
 def test_a_failing_member_of_a_run_is_retried_alone(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()

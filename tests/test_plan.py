@@ -331,9 +331,9 @@ def test_random_dags_simulate_as_a_list_schedule(dag: tuple, workers: int) -> No
 def _reference_set_aside(plan: Plan, priority: np.ndarray, slots: list[Slot], depth: int,
                          limit: int) -> list[float]:
     """The engine's rule as engine/core.py states it: ready tasks popped in priority
-    order (the first to become ready on ties); a task that does not fit is set aside,
-    until the placer is full or ``limit`` tasks are set aside; those go back, keeping
-    their place, for the round after the next event."""
+    order (the first to become ready on ties) while the placer has room; a task that
+    does not fit is set aside, until ``limit`` tasks are set aside; those go back,
+    keeping their place, for the round after the next event."""
     placer = Placer(slots, depth)
     indeg = np.diff(plan.pred_ptr).tolist()
     seq = itertools.count()
@@ -344,14 +344,14 @@ def _reference_set_aside(plan: Plan, priority: np.ndarray, slots: list[Slot], de
     now = 0.0
     while True:
         aside = []
-        while ready:
+        while ready and not placer.full:
             item = heapq.heappop(ready)
             i = item[2]
             got = placer.place(int(plan.cores[i]), int(plan.gpus[i]), int(plan.memory[i]),
                                int(plan.ranks[i]))
             if got is None:
                 aside.append(item)
-                if placer.full or len(aside) >= limit:
+                if len(aside) >= limit:
                     break
                 continue
             lead = got.leaders[0]

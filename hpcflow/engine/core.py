@@ -254,7 +254,7 @@ class Core:
         placer, ready, needs, key, one = self.placer, self.ready, self._needs, self._need_key, self._one_slot
         runs, group_of = self._runs, self._group_of
         timed = self.walltime is not None and self.walltime.end is not None
-        while ready:
+        while ready and not placer.full:
             item = ready.pop()
             i = item[1]
             if self.candidates and i in self.candidates and self._reuse(i):
@@ -273,7 +273,7 @@ class Core:
                 placement = placer.place_one()
             if placement is None:
                 blocked.append(item)
-                if placer.full or len(blocked) >= 64:
+                if len(blocked) >= 64:
                     break
                 continue
             batch.append((self._call(i, placement), placement))

@@ -11,9 +11,9 @@ compared by simulating each:
    remaining path first; first come first served among equals).
 3. :class:`~hpcflow.plan.policy.Placer` (the engine's own object) decides whether a
    task fits now and on which slots. A task that does not fit is set aside and the next
-   one is tried; the round ends when the placer is full or :data:`MAX_SET_ASIDE` tasks
-   are set aside, and those go back ahead of their equals (``engine/core.py``'s
-   ``_dispatch``).
+   one is tried; the round ends when the placer is full (checked before a pop: a
+   round on a full placer pops nothing) or :data:`MAX_SET_ASIDE` tasks are set aside,
+   and those go back ahead of their equals (``engine/core.py``'s ``_dispatch``).
 4. Completions that happen at the same instant are all released before the next round.
 5. With ``depth > 1`` a one-slot task may be queued behind the task running on its
    slot; it starts when that slot's earlier tasks finish.
@@ -138,13 +138,13 @@ class _Simulation:
         need, need_of, place = self.need, self.need_of, placer.place
         push, events = heapq.heappush, self.events
         aside: list[tuple[float, int]] = []
-        while ready:
+        while ready and not placer.full:
             item = ready.pop()
             i = item[1]
             placement = place(*need[need_of[i]])
             if placement is None:
                 aside.append(item)
-                if placer.full or len(aside) >= MAX_SET_ASIDE:
+                if len(aside) >= MAX_SET_ASIDE:
                     break
                 continue
             leader = placement.leaders[0]

@@ -28,6 +28,7 @@ from hpcflow.errors import (
     HpcflowError,
     ResourceError,
     RunFailed,
+    RunInterrupted,
     SpecError,
     TaskFailed,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "ResourceError",
     "Resources",
     "RunFailed",
+    "RunInterrupted",
     "RunOptions",
     "RunResult",
     "SpecError",

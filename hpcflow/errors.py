@@ -121,10 +121,27 @@ class RunFailed(HpcflowError):
         head = f"{len(self.failures)} task(s) failed"
         if skipped:
             head += f", {skipped} not run because they depend on a failed task"
-        super().__init__(f"{head}; first: {first}" if first else head)
+        text = f"{head}; first: {first}" if first else head
+        if run_dir:
+            text += f". Fix the cause, then resume: hf.run(wf, resume={run_dir!r})"
+        super().__init__(text)
 
     __reduce__ = SpecError.__reduce__
 
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; ``run_dir`` is its folder, which a resume
+    continues (what finished is kept). A KeyboardInterrupt, so code that stops on one
+    still does."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+
+    def __str__(self) -> str:
+        return (f"run stopped; continue it with `hpcflow run --resume {self.run_dir}` "
+                f"or hf.run(wf, resume={self.run_dir!r})")
 
 
 class EngineError(HpcflowError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,14 @@ def test_failed_task_exits_1_with_log_path(tmp_path):
     assert "FAILED boom" in done.stderr and "stderr.log" in done.stderr
     log = next((tmp_path / "runs").glob("w-*/tasks/boom/stderr.log"))
     assert log.read_text() == "broken\n"
+    # what to do next works as written: fix the cause, run the command it names
+    command = re.search(r"hpcflow run (--resume \S+)", done.stderr)
+    assert command, done.stderr
+    spec.write_text(spec.read_text().replace("echo broken >&2; exit 4", "echo mended"))
+    again = hpcflow("run", *command.group(1).split(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    info = json.loads((log.parents[2] / "run.json").read_text())
+    assert info["status"] == "succeeded" and info["reused"] == 1  # `fine` did not run again
 
 
 @pytest.mark.parametrize("fmt, marker", [("dot", "digraph"), ("mermaid", "flowchart LR")])

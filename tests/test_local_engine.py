@@ -218,6 +218,7 @@ def test_sigterm_stops_a_local_run_and_its_shell_programs(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 130
     run = next((tmp_path / "runs").iterdir())
+    assert f"continue with hpcflow run --resume {run}" in proc.stderr.read()
     assert json.loads((run / "run.json").read_text())["status"] == "stopped"
     events = [e[0] for e in read_journal(run / "journal.bin")]
     assert events[-1] == Event.END

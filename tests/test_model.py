@@ -166,11 +166,12 @@ def test_resources_validation():
 def test_errors_survive_pickling_with_their_fields():
     import pickle
 
-    from hpcflow.errors import Location, ResourceError, RunFailed, TaskFailed
+    from hpcflow.errors import Location, ResourceError, RunFailed, RunInterrupted, TaskFailed
 
     errors = [SpecError("m", task="t", field="f", location=Location("a.yaml", 3)),
               CycleError(["a", "b", "a"]), ResourceError("t", "too big"),
-              TaskFailed("t", "boom", "/log"), RunFailed([TaskFailed("t", "boom")], 2, "/run")]
+              TaskFailed("t", "boom", "/log"), RunFailed([TaskFailed("t", "boom")], 2, "/run"),
+              RunInterrupted("/run")]  # crosses ranks too (the MPI session sends it)
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)

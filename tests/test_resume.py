@@ -111,6 +111,55 @@ def test_rerun_with_equal_content_reuses_descendants(setup):
     assert again.outputs["c"] == 20 and _counts(log)["c"] == 1 and _counts(log)["b"] == 2
 
 
+def test_forced_task_reruns_with_everything_downstream(setup):
+    """--force reruns a task although nothing changed, and its descendants although its
+    result comes out the same (not candidates); one instance forces only its own path."""
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    plan, decision = resume_preview(_workflow(module), str(run), ["b"])
+    assert {plan.name(i): r for i, r in decision.reasons.items()} == {
+        "b": "forced (--force)", "c": "an input changed (upstream b runs again)"}
+    assert not decision.candidates
+    result = hf.run(_workflow(module), workers=2, resume=str(run), force=["b"])
+    assert result.outputs["c"] == 20
+    counts = _counts(log)
+    assert counts["b"] == 2 and counts["c"] == 2  # c ran although b's result is equal
+    assert all(counts[k] == 1 for k in counts if k[0] in "ad")
+    hf.run(_workflow(module), workers=2, resume=str(run), force=["a[2]", "d[0]"])
+    counts = _counts(log)
+    assert (counts["a2"], counts["a1"], counts["d0"], counts["d1"]) == (2, 1, 2, 1)
+    assert counts["b"] == 3 and counts["c"] == 3
+    hf.run(_workflow(module), workers=2, resume=str(run))  # a plain resume reuses it all
+    assert _counts(log) == counts
+
+
+def test_force_names_are_checked_before_anything_runs(setup, capsys):
+    module, log, run = setup
+    with pytest.raises(hf.SpecError, match="resume"):
+        hf.run(_workflow(module), workers=2, run_dir=str(run), force=["b"])
+    assert not run.exists() and not list(log.iterdir())
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    before = (run / "journal.bin").read_bytes()
+    for name, hint in [("bb", "did you mean 'b'"), ("a[9]", "4 instances, a[0] to a[3]"),
+                       ("b[0]", "'b' is not swept"), ("a[x]", "4 instances")]:
+        with pytest.raises(hf.SpecError, match=r"field '--force': no task") as error:
+            hf.run(_workflow(module), workers=2, resume=str(run), force=[name])
+        assert hint in str(error.value)
+    assert (run / "journal.bin").read_bytes() == before  # nothing ran, nothing journalled
+    spec = run.parent / "spec.py"
+    spec.write_text(f"import hpcflow as hf\nmodule = {str(module)!r}\n"
+                    "a = hf.task(module + ':a', name='a').sweep({'x': range(4)})\n"
+                    "b = hf.task(module + ':b', name='b')(a.all())\n"
+                    "c = hf.task(module + ':c', name='c')(b)\n"
+                    "d = hf.task(module + ':d', name='d').sweep({'x': range(3)})\n"
+                    "workflow = hf.workflow('w', outputs={'c': c, 'd': d.all()})\n")
+    assert main(["run", "--resume", str(run), "--force", "cc", f"{spec}:workflow"]) == 2
+    assert "did you mean 'c'" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run), "--force", "c", "--dry-run", "--json",
+                 f"{spec}:workflow"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"reused": 8, "rerun": {"c": "forced (--force)"}}
+
+
 def test_second_resume_reads_each_segment_with_its_own_plan(setup):
     """A resume whose workflow grew shifts the ids of later tasks; the next resume must
     still name the first run's events by the first plan (each RUN event carries its

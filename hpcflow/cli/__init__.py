@@ -75,6 +75,9 @@ def _run_command(sub: argparse._SubParsersAction, target_help: str) -> None:
                    "whose definition and inputs are unchanged are reused")
     p.add_argument("--dry-run", action="store_true",
                    help="with --resume: list what would run again and why; run nothing")
+    p.add_argument("--force", action="append", default=[], metavar="TASK",
+                   help="with --resume: run TASK again (a task id, one instance 'sim[3]', or a "
+                   "nested workflow's id) and everything downstream of it; repeatable")
     p.add_argument("--engine", default="local",
                    help="local (default), mpi, dask, ray or spark (the last three need the "
                    "extra of that name: pip install 'hpcflow-mpi[dask]')")
@@ -175,8 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpcflowError as exc:
         print(f"hpcflow {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"hpcflow {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)  # RunInterrupted: a run folder to resume
+        then = f"; what finished is kept: continue with hpcflow run --resume {run_dir}" \
+            if run_dir else ""
+        print(f"hpcflow {args.command}: interrupted{then}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `hpcflow ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs_root=args.runs_root, spec=_spec_argument(workflow),
         options=RunOptions(keep_going=not args.stop_on_failure, fsync=args.fsync,
                            isolate=args.isolate),
-        resume=_run_folder(args.resume) if args.resume else None, address=args.address,
+        resume=_run_folder(args.resume) if args.resume else None, force=tuple(args.force),
+        address=args.address,
         deadline=_parsed_deadline(args.deadline),
         progress=None if args.quiet else _progress_line,
     )
@@ -134,7 +135,7 @@ def _resume_dry_run(plan: Any, args: argparse.Namespace) -> int:
     from hpcflow.engine.runner import resume_preview
     from hpcflow.store.resume import describe
 
-    plan, decision = resume_preview(plan, _run_folder(args.resume))
+    plan, decision = resume_preview(plan, _run_folder(args.resume), args.force)
     if args.json:
         print_json({"reused": len(decision.reuse),
                     "rerun": {plan.name(i): r for i, r in sorted(decision.reasons.items())}})
@@ -165,8 +166,9 @@ def _report(result: Any, as_json: bool) -> None:
         print(f"stopped for the allocation's end; continue with: hpcflow run --resume "
               f"{result.run_dir}", file=sys.stderr)
     if result.failures:
-        print("Fix the cause (see the logs above), then run again; tasks that do not depend "
-              "on a failed one have finished.", file=sys.stderr)
+        print("Fix the cause (see the logs above), then continue the run: hpcflow run "
+              f"--resume {result.run_dir} (finished tasks are reused; add --dry-run to see "
+              "what runs again).", file=sys.stderr)
 
 
 def _mpi_size() -> int:

@@ -22,14 +22,14 @@ from typing import Any
 from hpcflow.engine.core import Backend, Core, ProgressSink, RunOptions, RunResult, _output_ids, check_fits
 from hpcflow.engine.local import LocalBackend, machine_shares
 from hpcflow.engine.walltime import Walltime, allocation_end, watching
-from hpcflow.errors import EngineError
+from hpcflow.errors import EngineError, RunInterrupted, SpecError
 from hpcflow.model.workflow import Workflow
 from hpcflow.plan.analyse import analyse
 from hpcflow.plan.flatten import flatten
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
 from hpcflow.store.journal import truncate_torn
-from hpcflow.store.resume import Decision, plan_resume
+from hpcflow.store.resume import Decision, forced_ids, plan_resume
 from hpcflow.store.rundir import RunDir
 
 
@@ -51,6 +51,9 @@ class EngineConfig:
     on this machine. Other engines ignore it."""
     resume: str | None = None
     """An earlier run folder to continue: its completed, unchanged tasks are reused."""
+    force: Sequence[str] = ()
+    """With ``resume``: tasks to run again (names, ``sim[3]``, a nested workflow's id),
+    and everything downstream of them, whatever their fingerprints say."""
     isolate: bool = False
     """Every Python task in its own child process (sets ``options.isolate``)."""
     deadline: float | None = None
@@ -114,8 +117,9 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
         raise EngineError(f"unknown engine '{config.engine}' (known: {', '.join(sorted(BACKENDS))})")
     analysis = analyse(plan)
     config.options.isolate = config.options.isolate or config.isolate
+    forced = _forced(plan, config)
     run, info = _open_run(plan, config)
-    decision, values = (plan_resume(plan, run, set(_output_ids(plan))) if config.resume
+    decision, values = (plan_resume(plan, run, set(_output_ids(plan)), forced) if config.resume
                         else (Decision(), {}))
     info["reused"] = len(decision.reuse)
     run.write_info(info)
@@ -137,9 +141,9 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
             with watching(Walltime(allocation_end(config.deadline))) as core.walltime:
                 result = core.run()
             status = result.status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "stopped"
-        raise
+        raise RunInterrupted(str(run.path)) from exc
     finally:
         backend.shutdown()
         info.update(status=status, finished=time.time())
@@ -170,11 +174,22 @@ def _open_run(plan: Plan, config: EngineConfig) -> tuple[RunDir, dict[str, Any]]
     return run, info
 
 
-def resume_preview(workflow: Workflow | Plan, run_path: str) -> tuple[Plan, Decision]:
+def resume_preview(workflow: Workflow | Plan, run_path: str,
+                   force: Sequence[str] = ()) -> tuple[Plan, Decision]:
     """What ``--resume RUN --dry-run`` shows: the decision, with nothing locked or run."""
     plan = workflow if isinstance(workflow, Plan) else flatten(workflow)
-    decision, _ = plan_resume(plan, RunDir.open(run_path), set(_output_ids(plan)))
+    forced = frozenset(forced_ids(plan, force))
+    decision, _ = plan_resume(plan, RunDir.open(run_path), set(_output_ids(plan)), forced)
     return plan, decision
+
+
+def _forced(plan: Plan, config: EngineConfig) -> frozenset[int]:
+    """The ids ``force`` names, checked before a run folder is touched."""
+    if config.force and not config.resume:
+        raise SpecError("force names tasks to run again in an earlier run: it needs "
+                        "resume=RUN (--resume RUN); a new run runs every task anyway",
+                        field="--force")
+    return frozenset(forced_ids(plan, config.force))
 
 
 @contextmanager

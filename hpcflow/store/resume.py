@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import difflib
 import hashlib
 import importlib.util
 import inspect
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcflow.errors import SpecError
 from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
 from hpcflow.plan.plan import Binder, Group, GroupRef, Plan, map_group_refs
 from hpcflow.store.journal import Event, read_journal
@@ -302,22 +304,70 @@ class Decision:
     candidates: dict[int, Prior] = field(default_factory=dict)
 
 
+def forced_ids(plan: Plan, names: Sequence[str]) -> set[int]:
+    """The ids that ``--force`` names: a task (every instance of a sweep), one instance
+    (``sim[3]``), or a nested workflow's id (every task in it). An unknown name is a
+    :class:`SpecError` that names it and what is there, before anything runs."""
+    chosen: set[int] = set()
+    for name in names:
+        ids = _named_ids(plan.groups, name)
+        if not ids:
+            raise SpecError(_no_such_task(plan, name), field="--force")
+        chosen.update(ids)
+    return chosen
+
+
+def _named_ids(groups: Sequence[Group], name: str) -> list[int]:
+    base, bracket, rest = name.partition("[")
+    if bracket:
+        member = int(rest[:-1]) if rest[:-1].isdigit() and rest.endswith("]") else -1
+        return [g.start + member for g in groups
+                if g.name == base and g.swept and 0 <= member < g.size]
+    inside = base.rstrip("/") + "/"
+    return [i for g in groups if g.name == base or g.name.startswith(inside)
+            for i in range(g.start, g.start + g.size)]
+
+
+def _no_such_task(plan: Plan, name: str) -> str:
+    base = name.partition("[")[0]
+    same = [g for g in plan.groups if g.name == base]
+    if same and same[0].swept:
+        last = same[0].size - 1
+        return f"no task '{name}': '{base}' has {last + 1} instances, {base}[0] to {base}[{last}]"
+    if same:
+        return f"no task '{name}': '{base}' is not swept: name it '{base}'"
+    known = [g.name for g in plan.groups]
+    close = difflib.get_close_matches(base, known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    more = " ..." if len(known) > 12 else ""
+    return (f"no task '{name}' in workflow '{plan.workflow}'{hint}; its tasks: "
+            f"{', '.join(known[:12])}{more}")
+
+
 def decide(plan: Plan, prior: Mapping[str, Prior], fp: Fingerprinter,
-           broken: frozenset[int] = frozenset()) -> Decision:
-    """Per task in topological order: reuse it, or say why it runs again."""
+           broken: frozenset[int] = frozenset(), forced: frozenset[int] = frozenset()) -> Decision:
+    """Per task in topological order: reuse it, or say why it runs again. A ``forced``
+    task runs again, and so does everything downstream of it (never a candidate)."""
     out = Decision()
     pred_ptr, pred = plan.pred_ptr.tolist(), plan.pred.tolist()
+    downstream: set[int] = set()  # forced, or reads what is
     for i in topological(plan):
         old = prior.get(plan.name(i))
-        rerun = [p for p in pred[pred_ptr[i]:pred_ptr[i + 1]] if p in out.reasons]
-        reason = _reason(plan, i, old, rerun, fp, out.hashes, i in broken)
+        inputs = pred[pred_ptr[i]:pred_ptr[i + 1]]
+        rerun = [p for p in inputs if p in out.reasons]
+        if i in forced:
+            reason: str | None = "forced (--force)"
+        else:
+            reason = _reason(plan, i, old, rerun, fp, out.hashes, i in broken)
+        if i in forced or any(p in downstream for p in rerun):
+            downstream.add(i)
         if reason is None:
             assert old is not None and old.stored is not None
             out.reuse[i] = old.stored
             out.hashes[i] = old.extra["h"]
         else:
             out.reasons[i] = reason
-            if rerun and old is not None and old.state == "done" \
+            if rerun and i not in downstream and old is not None and old.state == "done" \
                     and old.extra.get("d") == fp.definition(i):
                 out.candidates[i] = old
     return out
@@ -375,13 +425,14 @@ def load_needed(plan: Plan, decision: Decision, keep: set[int]) -> tuple[dict[in
     return values, broken
 
 
-def plan_resume(plan: Plan, run: RunDir, keep: set[int]) -> tuple[Decision, dict[int, Any]]:
+def plan_resume(plan: Plan, run: RunDir, keep: set[int],
+                forced: frozenset[int] = frozenset()) -> tuple[Decision, dict[int, Any]]:
     """Decide, then load what is needed; a result that fails to load reruns its task."""
     prior = read_prior(run)
     fp = Fingerprinter(plan)
     broken: set[int] = set()
     while True:
-        decision = decide(plan, prior, fp, frozenset(broken))
+        decision = decide(plan, prior, fp, frozenset(broken), forced)
         values, bad = load_needed(plan, decision, keep)
         if not bad:
             return decision, values

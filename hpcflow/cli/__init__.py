@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run")
     p.add_argument("run", help=run_help)
     p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
+
+    p = sub.add_parser("trace", help="one tab-separated row per task attempt of a run (for "
+                       "pandas, R, a spreadsheet)")
+    p.add_argument("run", help=run_help)
+    p.add_argument("-o", "--output", help="the file (default: <run>/trace.tsv; - for stdout)")
     _slurm_commands(sub, target_help, run_help)
     return parser
 

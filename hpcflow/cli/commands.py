@@ -205,6 +205,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from hpcflow.report.trace import trace_rows, trace_text, write_trace
+
+    if args.output == "-":
+        sys.stdout.write(trace_text(trace_rows(_run_folder(args.run))))
+    else:
+        print(f"trace: {write_trace(_run_folder(args.run), args.output)}")
+    return EXIT_OK
+
+
 def _run_folder(name: str) -> str:
     """``name`` as given, or the run of that name under the runs root (as ``run`` makes them)."""
     if Path(name).exists():

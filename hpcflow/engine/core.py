@@ -173,7 +173,9 @@ class Core:
         groups = [[g.name, g.start, g.size, g.swept] for g in self._groups]
         self.journal.record(Event.RUN, {"engine": self.backend.name, "pid": os.getpid(),
                                         "host": socket.gethostname(), "time": start,
-                                        "workers": len(self.placer.slots), "tasks": self.plan.n,
+                                        "workers": len(self.placer.slots),
+                                        "nodes": [slot.node for slot in self.placer.slots],
+                                        "tasks": self.plan.n,
                                         "groups": groups, "defs": self.fingerprints.defs})
         status = "stopped"
         try:
@@ -404,7 +406,8 @@ class Core:
         if outcome.attempt < group.task.retries:
             delay = self.options.retry_delay * 2**outcome.attempt
             self.attempts[i] = outcome.attempt + 1
-            self.journal.record(Event.RETRY, i, outcome.attempt, delay)
+            self.journal.record(Event.RETRY, i, outcome.attempt, delay, outcome.error,
+                                outcome.log, outcome.start, outcome.end)
             heapq.heappush(self.retry_at, (time.monotonic() + delay, i, outcome.attempt + 1))
             return
         name = self.plan.name(i)

@@ -52,6 +52,7 @@ from hpcflow.report.status import (
     last_line,
     load_run,
     status_of,
+    worker_nodes,
 )
 from hpcflow.store.rundir import RunDir
 
@@ -331,13 +332,8 @@ def format_size(nbytes: int) -> str:
 
 
 def _nodes(view: RunView) -> list[str]:
-    """Node of each worker where known: the RUN event's ``nodes``, or the host of a local run."""
-    session = view.sessions[-1] if view.sessions else {}
-    if session.get("nodes"):
-        return [str(n) for n in session["nodes"]]
-    if (view.info.get("engine") or session.get("engine")) == "local":
-        return [str(session.get("host", view.info.get("host", _DASH)))] * max(view.workers, 1)
-    return []
+    """Node of each worker where known (the last session's)."""
+    return worker_nodes(view.sessions[-1] if view.sessions else {}, view.info)
 
 
 def _dag(view: RunView, graph: Plan, critical: np.ndarray) -> dict[str, Any] | None:

@@ -109,7 +109,7 @@ def load_run(path: str | os.PathLike[str]) -> RunView:
     n = int(info.get("tasks") or sum(g["size"] for g in groups))
     view = RunView(run.path, info, groups, np.zeros(n, np.int8), np.full(n, -1, np.int32),
                    np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32))
-    for event in _events(run.journal, info):
+    for event in journal_events(run.journal, info):
         _apply(view, event)
     return view
 
@@ -162,7 +162,7 @@ def _new_session(view: RunView, info: dict[str, Any]) -> None:
     view.failures.clear()
 
 
-def _events(journal: Path, info: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:
+def journal_events(journal: Path, info: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:
     """The journal's events. Inline results may be instances of the user's classes: the
     spec's folder goes on ``sys.path`` (as for the run) so that they unpickle."""
     spec = info.get("spec")
@@ -179,6 +179,18 @@ def _events(journal: Path, info: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]
         if added:
             with contextlib.suppress(ValueError):
                 sys.path.remove(str(folder))
+
+
+def worker_nodes(session: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """Node of each worker where known: a RUN event's ``nodes``, or the host of a local
+    run (``session`` is the RUN event's info, ``info`` run.json's)."""
+    if session.get("nodes"):
+        return [str(n) for n in session["nodes"]]
+    if (info.get("engine") or session.get("engine")) == "local":
+        host = str(session.get("host", info.get("host", "")))
+        workers = int(session.get("workers") or info.get("workers") or 1)
+        return [host] * max(workers, 1)
+    return []
 
 
 def lock_held(run_path: Path) -> bool:

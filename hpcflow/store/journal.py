@@ -29,13 +29,15 @@ _HEADER = struct.Struct("<II")
 class Event:
     """Event kinds. Fields after the kind, in order:
 
-    - ``RUN``: info dict (engine, workers, pid, host, plan summary) — a run (or resume) began
+    - ``RUN``: info dict (engine, workers, nodes: each worker slot's node, pid, host, plan
+      summary: groups, definition hashes) — a run (or resume) began
     - ``DISPATCH``: task id, attempt, worker index, time
     - ``DONE``: task id, attempt, worker index, start time, end time, result (Stored), extra dict
       (``fp``, ``h``, ``d``: store/resume.py; measured memory where known: engine/memory.py)
     - ``FAIL``: task id, attempt, worker index, start time, end time, error text, log path,
       extra dict (measured memory where known; absent in journals before it was added)
-    - ``RETRY``: task id, attempt that failed, delay seconds
+    - ``RETRY``: task id, attempt that failed, delay seconds, then that attempt's error
+      text, log path, start and end time (absent in journals before they were added)
     - ``SKIP``: task id, id of the failed task it depends on
     - ``STOPPED``: task id, time — a running task given up at the allocation's end
     - ``END``: status string (``succeeded``, ``failed``, ``stopped``), time

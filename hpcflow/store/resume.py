@@ -245,14 +245,14 @@ def read_prior(run: RunDir) -> dict[str, Prior]:
     hashes, so the events that follow it are read with that plan's names; a journal
     written before RUN events carried them is read with groups.json and the
     definition hash in each DONE."""
-    names = _Names.from_file(run.path / "groups.json")
+    names = TaskNames.from_file(run.path / "groups.json")
     prior: dict[str, Prior] = {}
     states = {Event.DISPATCH: "dispatched", Event.STOPPED: "dispatched", Event.FAIL: "failed",
               Event.SKIP: "skipped"}
     for event in read_journal(run.journal):
         kind = event[0]
         if kind == Event.RUN and isinstance(event[1], dict) and "groups" in event[1]:
-            names = _Names(event[1]["groups"], event[1].get("defs"))
+            names = TaskNames(event[1]["groups"], event[1].get("defs"))
         elif kind == Event.DONE:
             name, definition = names(event[1])
             extra = dict(event[7] or {})
@@ -264,7 +264,7 @@ def read_prior(run: RunDir) -> dict[str, Prior]:
     return prior
 
 
-class _Names:
+class TaskNames:
     """Id -> (task name, definition hash or None) in one run segment's plan, from its
     groups as ``[name, start, size, swept]`` (bisect over the first ids)."""
 
@@ -276,7 +276,7 @@ class _Names:
         self._starts = [span[0] for span in spans]
 
     @classmethod
-    def from_file(cls, path: Path) -> _Names:
+    def from_file(cls, path: Path) -> TaskNames:
         try:
             groups = json.loads(path.read_text())
         except (OSError, ValueError):

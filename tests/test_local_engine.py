@@ -134,6 +134,30 @@ def test_method_task_constructs_instance():
     assert result.outputs["out0"] == 15
 
 
+def read_env(name, after=None):
+    return os.environ.get(name)
+
+
+def test_a_task_s_environment_is_its_own(tmp_path, monkeypatch):
+    """A Python task's env is set for its call only: the next task on the same worker
+    sees the worker's own value again; defaults in YAML merge name by name."""
+    monkeypatch.setenv("HF_TEST_KEPT", "worker's")
+    first = hf.task(read_env, env={"HF_TEST_KEPT": "task's", "HF_TEST_NEW": 1})("HF_TEST_KEPT")
+    new = hf.task(read_env, name="new_after")("HF_TEST_NEW", after=first)
+    kept = hf.task(read_env, name="kept_after")("HF_TEST_KEPT", after=new)
+    result = hf.run(hf.workflow("w", outputs={"in": first, "new": new, "kept": kept}), workers=1)
+    assert result.outputs == {"in": "task's", "new": None, "kept": "worker's"}
+    with pytest.raises(ValueError, match="not a plain name"):
+        hf.task(read_env, env={"A B": "x"})
+    spec = tmp_path / "wf.yaml"
+    spec.write_text("name: w\ndefaults:\n  env: {A: from defaults, B: from defaults}\n"
+                    "tasks:\n  - id: t\n    shell: 'printf %s-%s \"$A\" \"$B\"'\n"
+                    "    stdout: true\n    env: {B: own}\noutputs: {t: '${t}'}\n")
+    from hpcflow.cli.load import load
+
+    assert hf.run(load(str(spec)), workers=1).outputs["t"] == "from defaults-own"
+
+
 def test_cores_above_share_hold_slots_and_never_oversubscribe(tmp_path):
     log = tmp_path / "log"
 

@@ -43,12 +43,12 @@ def d(x):
 """
 
 
-def _workflow(module: Path) -> hf.Workflow:
+def _workflow(module: Path, d_env: dict[str, str] | None = None) -> hf.Workflow:
     mod = str(module)
     a = hf.task(f"{mod}:a", name="a").sweep({"x": range(4)})
     b = hf.task(f"{mod}:b", name="b")(a.all())
     c = hf.task(f"{mod}:c", name="c")(b)
-    d = hf.task(f"{mod}:d", name="d").sweep({"x": range(3)})
+    d = hf.task(f"{mod}:d", name="d", env=d_env).sweep({"x": range(3)})
     return hf.workflow("w", outputs={"c": c, "d": d.all()})
 
 
@@ -98,6 +98,18 @@ def test_edited_task_reruns_with_its_descendants(setup):
     counts = _counts(log)
     assert counts["b"] == 2 and counts["c"] == 2
     assert all(counts[k] == 1 for k in counts if k[0] in "ad")
+
+
+def test_a_changed_environment_reruns_the_task(setup):
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    plan, decision = resume_preview(_workflow(module, {"X": "1"}), str(run))
+    assert {plan.name(i): r for i, r in decision.reasons.items()} == {
+        f"d[{k}]": "definition changed" for k in range(3)}
+    hf.run(_workflow(module, {"X": "1"}), workers=2, resume=str(run))
+    hf.run(_workflow(module, {"X": "1"}), workers=2, resume=str(run))  # now unchanged
+    counts = _counts(log)
+    assert all(counts[f"d{k}"] == 2 for k in range(3)) and counts["b"] == 1
 
 
 def test_rerun_with_equal_content_reuses_descendants(setup):

@@ -188,6 +188,14 @@ BAD = {
                               "unsupported YAML tag", 4, "a", "python"),
     "duplicate key": Bad(T + PY + PY, "duplicate key 'python'", 5, "a", "python"),
     "unquoted boolean key": Bad(T + PY + "    args: {on: 1}\n", "reads as True", 5, "a", "args"),
+    "env name with a dash": Bad(T + PY + "    env: {MY-VAR: x}\n", "not an environment variable",
+                                5, "a", "env.MY-VAR"),
+    "env value a list": Bad(T + PY + "    env:\n      PATHS: [a, b]\n", "text or a number", 6,
+                            "a", "env.PATHS"),
+    "env value a boolean": Bad(T + PY + "    env: {DEBUG: true}\n", "text or a number", 5, "a",
+                               "env.DEBUG"),
+    "env on a workflow task": Bad(T + "    workflow: stats.yaml\n    env: {A: b}\n",
+                                  "takes no 'env'", 5, "a", "env"),
 }
 
 

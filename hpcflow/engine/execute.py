@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import pickle
+import re
 import select
 import shlex
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,7 +37,7 @@ from hpcflow.engine.memory import (
     shell_memory,
     wait_child,
 )
-from hpcflow.model.task import Action, MethodCall, PythonCall, ShellCommand
+from hpcflow.model.task import Action, Environment, MethodCall, PythonCall, ShellCommand
 
 
 class Call(NamedTuple):
@@ -246,13 +247,14 @@ class Executor:
             else:
                 raise TaskError(f"cannot run {action!r} on a worker")
             self._targets[call.group] = target
-        if isinstance(action, MethodCall):
-            instance = target(*action.init_args, **action.init_kwargs)
-            return getattr(instance, action.method)(*call.args, **call.kwargs)
         if call.gpus != self._gpus:  # a task sees only the GPUs it was given, none if none
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
             self._gpus = call.gpus
-        return target(*call.args, **call.kwargs)
+        with task_environment(action.env):
+            if isinstance(action, MethodCall):
+                instance = target(*action.init_args, **action.init_kwargs)
+                return getattr(instance, action.method)(*call.args, **call.kwargs)
+            return target(*call.args, **call.kwargs)
 
     def _shell(self, action: ShellCommand, call: Call, ranks: int
                ) -> tuple[Any, dict[str, int] | None]:
@@ -265,6 +267,7 @@ class Executor:
                    HPCFLOW_PYTHON=sys.executable, HPCFLOW_SPEC_DIR=self.spec_dir,
                    CUDA_VISIBLE_DEVICES=",".join(call.gpus),
                    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+        env.update(expanded(action.env, env))
         out_path, err_path = folder / "stdout.log", folder / "stderr.log"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             code, memory = _run_tree(argv, folder, env, out, err, call.timeout)
@@ -293,6 +296,37 @@ class Executor:
         return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
                        error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log,
                        memory=memory)
+
+
+def expanded(variables: Environment, base: Mapping[str, str]) -> dict[str, str]:
+    """A task's ``env`` with ``$NAME`` / ``${NAME}`` replaced from ``base``; an unset name
+    is empty, as in the shell (``PATH: /opt/tool/bin:$PATH``)."""
+    def value(match: re.Match[str]) -> str:
+        return base.get(match.group(1) or match.group(2), "")
+
+    return {name: _VARIABLE.sub(value, text) for name, text in variables}
+
+
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+@contextlib.contextmanager
+def task_environment(variables: Environment) -> Iterator[None]:
+    """``os.environ`` with a Python task's ``env`` while it runs, as it was afterwards (the
+    worker runs one task at a time)."""
+    if not variables:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name, _ in variables}
+    os.environ.update(expanded(variables, os.environ))
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 def run_forked(fn: Callable[[], Any], timeout: float | None, name: str

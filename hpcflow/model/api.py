@@ -34,6 +34,7 @@ from hpcflow.model.task import (
     SubWorkflow,
     Sweep,
     Task,
+    environment,
 )
 from hpcflow.model.workflow import REQUIRED, Workflow
 
@@ -107,9 +108,14 @@ class TaskFunction:
 
     def options(self, *, name: str | None = None, retries: int | None = None,
                 timeout: str | float | None = None, after: Iterable[TaskRef] = (),
+                env: Mapping[str, str | int | float] | None = None,
                 **resources: Any) -> TaskFunction:
-        """A copy with other options: ``name``, ``retries``, ``timeout``, ``after`` and the
+        """A copy with other options: ``name``, ``retries``, ``timeout``, ``after``, ``env``
+        (environment variables set while it runs, merged over those given before) and the
         resources (``cores``, ``gpus``, ``memory``, ``time``, ``ranks``)."""
+        action = self.action
+        if env:
+            action = replace(action, env=environment({**dict(action.env), **env}))
         opts = self._options
         new = replace(
             opts,
@@ -119,7 +125,7 @@ class TaskFunction:
             after=opts.after + tuple(after),
             resources=opts.resources.updated(**resources) if resources else opts.resources,
         )
-        return TaskFunction(self.action, self.hint, new)
+        return TaskFunction(action, self.hint, new)
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskRef:
         node = _Node(self.hint, self.action, args, kwargs, self._options)
@@ -144,7 +150,7 @@ class TaskFunction:
 
 def task(func: Callable[..., Any] | str | None = None, /, *, name: str | None = None,
          retries: int = 0, timeout: str | float | None = None,
-         **resources: Any) -> Any:
+         env: Mapping[str, str | int | float] | None = None, **resources: Any) -> Any:
     """Decorator (bare or with options) turning a function into a :class:`TaskFunction`.
 
     ``func`` may also be a ``"module:qualname"`` string, imported where the task runs."""
@@ -153,17 +159,18 @@ def task(func: Callable[..., Any] | str | None = None, /, *, name: str | None = 
         hint = target.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if isinstance(target, str) \
             else getattr(target, "__name__", "task")
         base = TaskFunction(PythonCall(target), _safe_hint(hint))
-        return base.options(name=name, retries=retries, timeout=timeout, **resources)
+        return base.options(name=name, retries=retries, timeout=timeout, env=env, **resources)
 
     return wrap if func is None else wrap(func)
 
 
 def shell(command: str | Sequence[str], *, outputs: Mapping[str, str] | None = None,
-          stdout: bool = False, name: str | None = None, **resources: Any) -> TaskFunction:
+          stdout: bool = False, name: str | None = None,
+          env: Mapping[str, str | int | float] | None = None, **resources: Any) -> TaskFunction:
     """A program as a task; call the result with the values of its ``{placeholders}``."""
     cmd = command if isinstance(command, str) else tuple(command)
     first = (cmd.split() or ["shell"])[0] if isinstance(cmd, str) else (cmd or ("shell",))[0]
-    action = ShellCommand(cmd, dict(outputs or {}), stdout)
+    action = ShellCommand(cmd, dict(outputs or {}), stdout, environment(env))
     return TaskFunction(action, _safe_hint(first.rsplit("/", 1)[-1])).options(name=name, **resources)
 
 

@@ -25,6 +25,27 @@ TASK_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 RefMode = Literal["one", "all", "each"]
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Environment = tuple[tuple[str, str], ...]
+"""A task's own environment variables, ``(name, value)`` sorted by name. Values may use
+``$NAME`` / ``${NAME}`` of the worker's environment (expanded where the task runs)."""
+
+
+def environment(values: Mapping[str, Any] | None) -> Environment:
+    """``values`` as an :data:`Environment`; ValueError names a bad name or value.
+    Numbers are written as text (``OMP_NUM_THREADS: 4``)."""
+    pairs = []
+    for name, value in (values or {}).items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise ValueError(f"environment variable name {name!r} is not a plain name "
+                             "(letters, digits, _; not starting with a digit)")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"environment variable {name} must be text or a number, "
+                             f"not {type(value).__name__}")
+        pairs.append((name, str(value)))
+    return tuple(sorted(pairs))
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Ref:
@@ -60,9 +81,11 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class PythonCall:
-    """Call ``target``: a callable object, or ``"module:qualname"`` imported on the worker."""
+    """Call ``target``: a callable object, or ``"module:qualname"`` imported on the worker.
+    Every action carries the task's own ``env`` (set while it runs)."""
 
     target: Callable[..., Any] | str
+    env: Environment = ()
 
     @property
     def label(self) -> str:
@@ -80,6 +103,7 @@ class MethodCall:
     method: str
     init_args: tuple[Any, ...] = ()
     init_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    env: Environment = ()
 
     @property
     def label(self) -> str:
@@ -100,6 +124,7 @@ class ShellCommand:
     command: str | tuple[str, ...]
     outputs: Mapping[str, str] = field(default_factory=dict)
     stdout: bool = False
+    env: Environment = ()
 
     @property
     def label(self) -> str:

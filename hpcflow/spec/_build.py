@@ -26,6 +26,7 @@ from hpcflow.model.task import (
     SubWorkflow,
     Sweep,
     Task,
+    environment,
 )
 from hpcflow.model.workflow import REQUIRED, Workflow
 from hpcflow.spec import refs
@@ -97,7 +98,7 @@ def _task(file: _File, spec: TaskSpec, path: DataPath) -> Task:
     timeout = spec.timeout if spec.timeout is not None else defaults.timeout
     return Task(
         id=spec.id,
-        action=_action(file, spec, path),
+        action=_action(file, spec, path, {**(defaults.env or {}), **(spec.env or {})}),
         args=args,
         kwargs=kwargs,
         after=tuple(spec.after),
@@ -109,9 +110,9 @@ def _task(file: _File, spec: TaskSpec, path: DataPath) -> Task:
     )
 
 
-def _action(file: _File, spec: TaskSpec, path: DataPath) -> Action:
+def _action(file: _File, spec: TaskSpec, path: DataPath, env: dict[str, Any]) -> Action:
     if spec.python is not None:
-        return PythonCall(_target(file, spec.python, (*path, "python")))
+        return PythonCall(_target(file, spec.python, (*path, "python")), environment(env))
     if spec.method is not None:
         init = file.convert(spec.method.init, (*path, "method", "init"), None)
         return MethodCall(
@@ -119,10 +120,11 @@ def _action(file: _File, spec: TaskSpec, path: DataPath) -> Action:
             method=spec.method.call,
             init_args=tuple(init) if isinstance(init, list) else (),
             init_kwargs=init if isinstance(init, dict) else {},
+            env=environment(env),
         )
     if spec.shell is not None:
         command = spec.shell if isinstance(spec.shell, str) else tuple(spec.shell)
-        return ShellCommand(command, dict(spec.outputs or {}), bool(spec.stdout))
+        return ShellCommand(command, dict(spec.outputs or {}), bool(spec.stdout), environment(env))
     assert spec.workflow is not None
     sub = file.include(spec.workflow, file.doc, (*path, "workflow"))
     _check_nested_inputs(file, spec, sub, path)

@@ -35,6 +35,8 @@ from hpcflow.plan.flatten import MAX_TASKS
 from hpcflow.spec.values import (
     ArgsValue,
     Duration,
+    EnvName,
+    EnvValue,
     FieldError,
     Memory,
     Name,
@@ -78,6 +80,9 @@ class DefaultsSpec(_Spec):
     resources: ResourcesSpec | None = Field(None, description="Default resources.")
     retries: int | None = Field(None, ge=0, description="Default number of retries.")
     timeout: Timeout | None = Field(None, description="Default hard time limit.")
+    env: dict[EnvName, EnvValue] | None = Field(
+        None, description="Default environment variables, merged name by name (a task's own "
+        "value wins).")
 
 
 # --- actions -----------------------------------------------------------------------------
@@ -198,6 +203,12 @@ class TaskSpec(_Spec):
                                     "after it. Built-in default: none.")
     after: list[TaskId] = Field(default_factory=list, description="Ids of tasks that must finish "
                                 "first, though no data passes (order only).")
+    env: dict[EnvName, EnvValue] | None = Field(
+        None, description="Environment variables set while the task runs, over the worker's own: "
+        "for a shell task its program's environment, for a Python task `os.environ` during the "
+        "call. `$NAME` and `${NAME}` in a value expand from the worker's environment; numbers "
+        "are written as text. Part of the task's definition (changing it reruns the task on "
+        "resume).")
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
@@ -219,7 +230,7 @@ class TaskSpec(_Spec):
 
 
 _ONLY_FOR = {"inputs": "workflow", "outputs": "shell", "stdout": "shell"}
-_NOT_FOR_WORKFLOW = ("args", "sweep", "resources", "retries", "timeout")
+_NOT_FOR_WORKFLOW = ("args", "sweep", "resources", "retries", "timeout", "env")
 
 
 def _check_keys_for(task: TaskSpec, action: str) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag
 
 from hpcflow.model.resources import parse_memory, parse_time
-from hpcflow.model.task import TASK_ID_RE
+from hpcflow.model.task import ENV_NAME_RE, TASK_ID_RE
 from hpcflow.spec import refs
 
 
@@ -97,6 +97,19 @@ def _check_target(value: str) -> str:
     return _check_path(value)
 
 
+def _check_env_name(value: str) -> str:
+    if not ENV_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name: use letters, digits "
+                         "and '_', not starting with a digit")
+    return value
+
+
+def _check_env_text(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("an environment variable's value must not contain NUL")
+    return value
+
+
 def _check_memory(value: Any) -> Any:
     parse_memory(value)
     return value
@@ -131,6 +144,8 @@ FORMATS = {
               "or holds a `/`; relative to the spec file)",
     "reference": "a whole-string reference to a task, `${task}`, `${task.key}`, `${task[*]}` or "
                  "`${task[*].key}` (see References)",
+    "variable": "an environment variable name: letters, digits and `_`, not starting with a "
+                "digit",
     "size": "memory as for Slurm: `500M`, `4G`, `1.5GiB`, or an integer number of megabytes",
     "duration": "`MM:SS`, `HH:MM:SS`, `D-HH:MM:SS`, `90s`, `5m`, `2h`, `1d`, or a number of "
                 "seconds; a bare numeric string such as `\"30\"` is refused as ambiguous",
@@ -163,5 +178,9 @@ Duration = Annotated[one_of("expected a duration such as '01:30:00', '90s', '5m'
 Timeout = Annotated[Duration, AfterValidator(_check_timeout)]
 ShellValue = one_of("shell must be a string or a list of strings", str=CommandText,
                     list=Annotated[list[ArgvText], Field(min_length=1)])
+EnvName = Annotated[str, AfterValidator(_check_env_name), _format("variable"),
+                  Field(json_schema_extra={"pattern": ENV_NAME_RE.pattern})]
+EnvValue = one_of("an environment variable's value must be text or a number",
+                  str=Annotated[str, AfterValidator(_check_env_text)], int=int, float=float)
 ArgsValue = one_of("args must be a mapping (keyword arguments) or a list (positional arguments)",
                     dict=dict[Name, Any], list=list[Any])

@@ -126,13 +126,16 @@ def _object_hash(obj: Any, python_path: Sequence[str]) -> bytes:
 
 
 def action_hash(action: Any, python_path: Sequence[str] = ()) -> bytes:
+    """What the action runs, and its ``env`` where it has one (an empty one adds nothing,
+    so fingerprints from before tasks had environments stay valid)."""
+    env = _bytes_of(action.env) if getattr(action, "env", ()) else b""
     if isinstance(action, PythonCall):
-        return b"py" + _object_hash(action.target, python_path)
+        return b"py" + _object_hash(action.target, python_path) + env
     if isinstance(action, MethodCall):
         return (b"method" + _object_hash(action.cls, python_path) + action.method.encode()
-                + _bytes_of((action.init_args, dict(action.init_kwargs))))
+                + _bytes_of((action.init_args, dict(action.init_kwargs))) + env)
     if isinstance(action, ShellCommand):
-        return b"shell" + _bytes_of((action.command, dict(action.outputs), action.stdout))
+        return b"shell" + _bytes_of((action.command, dict(action.outputs), action.stdout)) + env
     return repr(action).encode()
 
 

@@ -137,6 +137,18 @@ class Scaler:
         return self.factor * x
 
 
+def read_env(*names):
+    return [os.environ.get(name) for name in names]
+
+
+class EnvReader:
+    def __init__(self):
+        self.at_init = os.environ.get("HF_TEST_ENV_A")
+
+    def read(self, name):
+        return self.at_init, os.environ.get(name)
+
+
 def _scratch() -> Path:
     return Path(os.environ.get("HPCFLOW_TEST_DIR", "."))
 
@@ -200,6 +212,20 @@ def memory() -> hf.Workflow:
 
 def method() -> hf.Workflow:
     return hf.workflow("method", outputs=[hf.method(Scaler, "apply", factor=3)(x=5)])
+
+
+def environments() -> hf.Workflow:
+    """Each kind of task with an ``env`` of its own (one with ``$HOME`` to expand); the
+    Python ones read it in and after the call's environment."""
+    env = {"HF_TEST_ENV_A": "a value", "HF_TEST_ENV_B": 4, "HF_TEST_ENV_C": "${HOME}/x:$NOPE"}
+    names = sorted(env)
+    python = hf.task(read_env, env=env, name="python")(*names)
+    timed = hf.task(read_env, env=env, timeout=60, name="forked")(*names)
+    shell = hf.shell('printf "%s|%s|%s" "$HF_TEST_ENV_A" "$HF_TEST_ENV_B" "$HF_TEST_ENV_C"',
+                     stdout=True, env=env, name="shell")()
+    method = hf.method(EnvReader, "read").options(env=env, name="method")("HF_TEST_ENV_B")
+    return hf.workflow("environments", outputs={"python": python, "forked": timed,
+                                                "shell": shell, "method": method})
 
 
 def python_timeout() -> hf.Workflow:

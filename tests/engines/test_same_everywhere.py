@@ -77,6 +77,15 @@ def test_shell_outputs_logs_and_quoting(engine, reference, tmp_path):
     assert (out.parent / "stdout.log").read_text() == "done\n"
 
 
+def test_each_task_s_environment_is_set_where_it_runs(engine, reference, tmp_path):
+    got = engine.run("environments", tmp_path)
+    assert got == reference("environments", tmp_path)
+    home = str(Path.home())
+    values = ["a value", "4", f"{home}/x:"]  # $NOPE is unset: empty, as in the shell
+    assert got.outputs == {"python": repr(values), "forked": repr(values),
+                           "shell": repr("|".join(values)), "method": repr(("a value", "4"))}
+
+
 def test_shell_timeout_ends_the_process_tree(engine, reference, tmp_path):
     start = time.monotonic()
     got = engine.run("shell_timeout", tmp_path)

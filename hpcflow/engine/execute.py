@@ -250,11 +250,10 @@ class Executor:
         if call.gpus != self._gpus:  # a task sees only the GPUs it was given, none if none
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
             self._gpus = call.gpus
-        with task_environment(action.env):
-            if isinstance(action, MethodCall):
-                instance = target(*action.init_args, **action.init_kwargs)
-                return getattr(instance, action.method)(*call.args, **call.kwargs)
-            return target(*call.args, **call.kwargs)
+        if action.env:  # no context manager on the hot path of tasks without one
+            with task_environment(action.env):
+                return _call(action, target, call)
+        return _call(action, target, call)
 
     def _shell(self, action: ShellCommand, call: Call, ranks: int
                ) -> tuple[Any, dict[str, int] | None]:
@@ -296,6 +295,13 @@ class Executor:
         return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
                        error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log,
                        memory=memory)
+
+
+def _call(action: PythonCall | MethodCall, target: Any, call: Call) -> Any:
+    if isinstance(action, MethodCall):
+        instance = target(*action.init_args, **action.init_kwargs)
+        return getattr(instance, action.method)(*call.args, **call.kwargs)
+    return target(*call.args, **call.kwargs)
 
 
 def expanded(variables: Environment, base: Mapping[str, str]) -> dict[str, str]:

@@ -205,6 +205,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from hpcflow.report.listing import list_runs, runs_json, runs_text
+
+    runs = list_runs(args.runs_root)
+    if args.json:
+        print_json(runs_json(runs))
+    else:
+        sys.stdout.write(runs_text(runs))
+    return EXIT_OK
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from hpcflow.report.trace import trace_rows, trace_text, write_trace
 

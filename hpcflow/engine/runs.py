@@ -14,7 +14,7 @@ A group is closed when nothing it binds comes from another task: a sweep over va
 (no references among its arguments or sweep values), with no predecessors at all
 (not even order-only ones), of Python tasks without a time-out. The core also asks that
 its tasks take one slot without GPUs, that the backend's workers expand runs
-(``runs = True``: local and MPI), and that ``--isolate`` is off.
+(``runs = True``: local, MPI, Dask and Ray), and that ``--isolate`` is off.
 """
 
 from __future__ import annotations

@@ -200,7 +200,8 @@ class TaskSpec(_Spec):
     retries: int | None = Field(None, ge=0, description="Times to run a failed instance again. "
                                 "Built-in default 0.")
     timeout: Timeout | None = Field(None, description="Hard limit per attempt: the task is killed "
-                                    "after it. Built-in default: none.")
+                                    "after it (a Python task with `ranks` above 1 is not). "
+                                    "Built-in default: none.")
     after: list[TaskId] = Field(default_factory=list, description="Ids of tasks that must finish "
                                 "first, though no data passes (order only).")
     env: dict[EnvName, EnvValue] | None = Field(

@@ -40,6 +40,12 @@ INLINE_RESULT_LIMIT = 64 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]/]")
 
 
+def runs_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Where new run folders go: ``root`` (``--runs-root``), else ``$HPCFLOW_RUNS``, else
+    ``./hpcflow-runs``."""
+    return Path(root or os.environ.get("HPCFLOW_RUNS", DEFAULT_ROOT))
+
+
 class RunDir:
     """Paths of one run's folder; creates the parts it hands out."""
 
@@ -53,7 +59,7 @@ class RunDir:
                path: str | os.PathLike[str] | None = None) -> RunDir:
         """A new run folder: ``path`` if given, else ``<root>/<workflow>-<time>-<n>``."""
         if path is None:
-            base = Path(root or os.environ.get("HPCFLOW_RUNS", DEFAULT_ROOT))
+            base = runs_root(root)
             base.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for n in range(1, 1000):

@@ -67,9 +67,7 @@ def test_every_attempt_is_a_row(tmp_path):
     assert [(r.status, r.attempt) for r in rows["after"]] == [("skipped", 0)]
     assert sorted(rows) == ["after", "bad", "double[0]", "double[1]", "double[2]", "flaky"]
     for row in (r for r in trace_rows(run) if r.status != "skipped"):
-        start, end = datetime.fromisoformat(row.start), datetime.fromisoformat(row.end)
-        assert datetime.fromisoformat(row.submit) <= start <= end
-        assert abs((end - start).total_seconds() - float(row.seconds)) < 1e-3
+        assert row.submit <= row.start <= row.end and row.seconds == row.end - row.start
         assert row.node == socket.gethostname() and row.worker in (0, 1) and row.session == 1
 
 
@@ -108,4 +106,12 @@ def test_cli_writes_a_tsv_that_parses(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"trace: {run / 'trace.tsv'}"
     written = list(csv.DictReader((run / "trace.tsv").open(), delimiter="\t"))
     assert written == table
+    rows = {(r.task, r.attempt): r for r in trace_rows(run)}
+    for line in table:  # the file says what the rows say, times in UTC ISO 8601
+        row = rows[line["task"], int(line["attempt"])]
+        assert line["status"] == row.status and line["node"] == row.node
+        if row.start is not None:
+            assert datetime.fromisoformat(line["start"]).timestamp() == pytest.approx(
+                row.start, abs=1e-3)
+            assert float(line["seconds"]) == pytest.approx(row.seconds, abs=1e-6)
     assert main(["trace", str(tmp_path / "nowhere")]) == 2

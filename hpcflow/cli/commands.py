@@ -217,10 +217,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from hpcflow.report.trace import trace_rows, trace_text, write_trace
+    from hpcflow.report.trace import iter_rows, write_rows, write_trace
 
     if args.output == "-":
-        sys.stdout.write(trace_text(trace_rows(_run_folder(args.run))))
+        write_rows(iter_rows(_run_folder(args.run)), sys.stdout)
     else:
         print(f"trace: {write_trace(_run_folder(args.run), args.output)}")
     return EXIT_OK

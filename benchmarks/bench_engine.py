@@ -3,7 +3,10 @@
     python benchmarks/bench_engine.py [--workers 2] [--repeat 3] [--tasks 20000]
                                       [--task-seconds 0] [--only noop,dag,data,makespan]
 
-Every runner gets the same ranks (``mpiexec -n workers+1``) and the same workloads:
+Every runner gets the same ranks (``mpiexec -n workers+1``) and the same workloads;
+Dask distributed (``ref_dask.py``: a ``LocalCluster`` of as many one-thread worker
+processes, futures passed to dependents; ``--no-dask`` leaves it out) runs the no-op
+workload at ``--dask-tasks`` tasks and the DAG:
 
 - ``noop``: ``--tasks`` independent tasks that sleep ``--task-seconds`` (0: return at once);
 - ``dag``: a layered DAG, 50 layers x 200 tasks, each adding two tasks of the layer
@@ -27,6 +30,7 @@ our floor loop measures the same. Every launch has a timeout.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -41,10 +45,11 @@ TIMEOUT = 300.0
 
 
 def launch(ranks: int, argv: list[str], env: dict[str, str]) -> dict | None:
-    """Run ``argv`` under ``mpiexec -n ranks``; its ``RESULT`` line, or None on failure."""
-    mpiexec = shutil.which("mpiexec") or "mpiexec"
+    """Run ``argv`` under ``mpiexec -n ranks`` (0: as it is); its ``RESULT`` line, or None
+    on failure."""
+    mpiexec = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks)] if ranks else []
     try:
-        proc = subprocess.run([mpiexec, "-n", str(ranks), *argv], capture_output=True, text=True,
+        proc = subprocess.run([*mpiexec, *argv], capture_output=True, text=True,
                               timeout=TIMEOUT, env=env, cwd=HERE)
     except subprocess.TimeoutExpired:
         print(f"  timed out: {' '.join(argv)}", file=sys.stderr)
@@ -74,6 +79,8 @@ def jobs(args: argparse.Namespace) -> dict[tuple[str, str], tuple[int, list[str]
     """(workload, runner) -> (ranks, argv) for everything this invocation measures."""
     py, ranks, only = sys.executable, args.workers + 1, set(args.only.split(","))
     fut = [py, "-m", "mpi4py.futures", "ref_futures.py"]
+    workers = str(args.workers)
+    dask = [py, "ref_dask.py"] if importlib.util.find_spec("distributed") and args.dask else None
     table: dict[tuple[str, str], tuple[int, list[str]]] = {}
     noop = ["noop", str(args.tasks), str(args.task_seconds)]
     if "noop" in only:
@@ -83,10 +90,14 @@ def jobs(args: argparse.Namespace) -> dict[tuple[str, str], tuple[int, list[str]
         floor = Path(args.floor) / "raw_loop.py"
         if floor.is_file() and not args.task_seconds:
             table[("noop", "bench-floor raw_loop.py")] = (ranks, [py, str(floor), str(args.tasks)])
+        if dask and not args.task_seconds:
+            table[("noop", "dask distributed")] = (0, [*dask, "noop", str(args.dask_tasks), workers])
     if "dag" in only:
         for runner, argv in (("hpcflow", [py, "run_hpcflow.py"]), ("futures", fut),
                              ("raw", [py, "ref_raw.py"])):
             table[("dag50x200", runner)] = (ranks, [*argv, "dag", "50", "200"])
+        if dask:
+            table[("dag50x200", "dask distributed")] = (0, [*dask, "dag", "50", "200", workers])
     if "data" in only:
         fan = str(2 * args.workers)
         for mb in ("1", "64"):
@@ -172,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-seconds", type=float, default=0.0)
     parser.add_argument("--only", default="noop,dag,data,makespan")
     parser.add_argument("--floor", default=str(HERE.parent.parent / "shared" / "bench-floor"))
+    parser.add_argument("--no-dask", dest="dask", action="store_false",
+                        help="leave out the Dask distributed reference (it needs the dask extra)")
+    parser.add_argument("--dask-tasks", type=int, default=5000,
+                        help="no-op tasks for Dask (its rate does not depend on the count)")
     parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args(argv)
     results = measure(args)

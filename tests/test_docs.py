@@ -12,7 +12,7 @@ Every fenced block of README.md, docs/*.md and examples/README.md is found here:
   a block that calls ``engine="mpi"`` runs under ``mpiexec -n 3``; every block must be
   whole (no names left out);
 - ``sh``: each ``hpcflow ...`` command on the bundled examples (``validate``, ``plan``,
-  ``run``, ``graph``, ``status``, ``report``, possibly under ``mpiexec``) runs, in
+  ``run``, ``graph``, ``status``, ``report``, ``trace``, ``runs``, possibly under ``mpiexec``) runs, in
   document order, in one temporary folder per file where ``examples/`` is a link to the
   repository's. Install commands, Slurm commands and commands on files that are not
   bundled (``WF.yaml``) are left out; a run folder named in the text
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.timeout(600)
 
 SKIP_MARK = "not-a-test"
 CONTEXT_MARK = "test-in:"
-RUNNABLE = {"validate", "plan", "run", "graph", "status", "report"}
+RUNNABLE = {"validate", "plan", "run", "graph", "status", "report", "trace", "runs"}
 MIN_SHELL_COMMANDS = 20
 """Fewer runnable commands than this across the docs means the parser lost them."""
 

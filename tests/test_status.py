@@ -66,6 +66,7 @@ def test_succeeded_run(tmp_path):
     assert 0 < status.elapsed < 60
     text = status_text(status)
     assert "status   succeeded" in text and "17: 17 done, 0 failed" in text
+    assert "next" not in text  # nothing to continue
 
 
 def test_failed_run_names_the_task_its_error_and_log(failed_run):
@@ -78,6 +79,8 @@ def test_failed_run_names_the_task_its_error_and_log(failed_run):
     assert Path(failure["log"]).read_text() == "about to fail\n"
     text = status_text(status)
     assert "FAILED   boom:" in text and f"log: {failure['log']}" in text
+    assert text.endswith(f"next     hpcflow run --resume {failed_run} (once the causes are "
+                         "fixed)\n")
     data = status_json(status)
     assert json.loads(json.dumps(data))["finished"] is True and data["failures_elided"] == 0
 
@@ -118,6 +121,7 @@ def test_torn_journal_without_end_says_coordinator_gone(tmp_path):
     assert status.counts["not started"] == 17 - len(dispatched)
     assert status.elapsed >= 0
     text = status_text(status)
+    assert text.endswith(f"next     hpcflow run --resume {status.run_dir}\n")
     assert "not finished (coordinator gone?)" in text and "in flight" in text
 
 

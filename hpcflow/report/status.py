@@ -43,6 +43,8 @@ STATES = ("not started", "running", "done", "failed", "skipped", "retrying")
 """State names, indexed by the codes above (``RunView.state``)."""
 GONE = "not finished (coordinator gone?)"
 _TEXT_FAILURES = 20
+_RESUMABLE = ("failed", "stopped", "walltime", GONE)
+"""Statuses after which ``status`` names the command that continues the run."""
 _JSON_FAILURES = 1000
 
 JobStateProbe = Callable[[Mapping[str, Any]], "str | None"]
@@ -321,4 +323,7 @@ def status_text(status: RunStatus) -> str:
     if len(status.failures) > _TEXT_FAILURES:
         lines.append(f"         ... {len(status.failures) - _TEXT_FAILURES:,} more failed "
                      "(--json lists them)")
+    if status.status in _RESUMABLE and status.job_state is None:  # a batch job: its chain
+        lines.append(f"next     hpcflow run --resume {status.run_dir}"
+                     + (" (once the causes are fixed)" if status.failures else ""))
     return "\n".join(lines) + "\n"

@@ -156,6 +156,11 @@ def test_a_task_s_environment_is_its_own(tmp_path, monkeypatch):
     from hpcflow.cli.load import load
 
     assert hf.run(load(str(spec)), workers=1).outputs["t"] == "from defaults-own"
+    module = tmp_path / "reads_at_import.py"  # a library configured when it is imported
+    module.write_text("import os\nAT_IMPORT = os.environ.get('HF_TEST_AT_IMPORT')\n"
+                      "def read():\n    return AT_IMPORT\n")
+    task = hf.task(f"{module}:read", env={"HF_TEST_AT_IMPORT": "set"}, name="at_import")
+    assert hf.run(hf.workflow("w", outputs=[task()]), workers=1).outputs["out0"] == "set"
 
 
 def test_cores_above_share_hold_slots_and_never_oversubscribe(tmp_path):

@@ -238,22 +238,23 @@ class Executor:
                        memory=memory)
 
     def _python(self, action: Action, call: Call) -> Any:
-        target = self._targets.get(call.group)
-        if target is None:
-            if isinstance(action, PythonCall):
-                target = resolve_target(action.target)
-            elif isinstance(action, MethodCall):
-                target = resolve_target(action.cls)
-            else:
-                raise TaskError(f"cannot run {action!r} on a worker")
-            self._targets[call.group] = target
+        if not isinstance(action, _PYTHON_ACTIONS):
+            raise TaskError(f"cannot run {action!r} on a worker")
         if call.gpus != self._gpus:  # a task sees only the GPUs it was given, none if none
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
             self._gpus = call.gpus
-        if action.env:  # no context manager on the hot path of tasks without one
+        if action.env:  # its module, imported by its first call here, sees its env too
             with task_environment(action.env):
+                target = self._targets.get(call.group) or self._target(action, call.group)
                 return _call(action, target, call)
+        target = self._targets.get(call.group) or self._target(action, call.group)
         return _call(action, target, call)
+
+    def _target(self, action: PythonCall | MethodCall, group: int) -> Any:
+        """The function or class to call, imported once per group on this worker."""
+        target = resolve_target(action.target if isinstance(action, PythonCall) else action.cls)
+        self._targets[group] = target
+        return target
 
     def _shell(self, action: ShellCommand, call: Call, ranks: int
                ) -> tuple[Any, dict[str, int] | None]:
@@ -295,6 +296,9 @@ class Executor:
         return Outcome(call.id, call.attempt, False, None, start, time.time(), self.worker,
                        error=text.strip().splitlines()[-1] if text.strip() else repr(exc), log=log,
                        memory=memory)
+
+
+_PYTHON_ACTIONS = (PythonCall, MethodCall)
 
 
 def _call(action: PythonCall | MethodCall, target: Any, call: Call) -> Any:

@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help=run_help)
     p.add_argument("-o", "--output", help="the HTML file (default: <run>/report.html)")
 
-    p = sub.add_parser("runs", help="the run folders under the runs root, newest last: status, "
-                       "tasks, engine, start, elapsed")
+    p = sub.add_parser("runs", help="the run folders under the runs root, oldest first: status, "
+                       "tasks, engine, start, end")
     p.add_argument("--runs-root", help="where to look (default: $HPCFLOW_RUNS or ./hpcflow-runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -128,6 +128,22 @@ def test_a_folder_submit_prepared_is_accepted_once_and_keeps_the_job_id(tmp_path
 
 # --- the real cluster -----------------------------------------------------------------
 
+def test_submit_resume_refuses_a_run_in_use_and_keeps_it(tmp_path):
+    from hpcflow.errors import RunDirError
+    from hpcflow.scheduler.slurm.submit import resubmit
+    from hpcflow.store.rundir import RunDir
+
+    run = RunDir.create("w", path=tmp_path / "run")
+    run.write_info({"workflow": "w", "status": "running"})
+    run.lock()
+    try:
+        with pytest.raises(RunDirError, match="in use by a live run"):
+            resubmit(None, None, None, None, str(run.path), run=Recorded())  # type: ignore[arg-type]
+    finally:
+        run.unlock()
+    assert json.loads((run.path / "run.json").read_text())["status"] == "running"
+
+
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, str]:
     try:
@@ -333,6 +349,51 @@ def test_cancel_a_running_job_and_follow_it(cluster, tmp_path):
     assert wait_final(result["run_dir"], timeout=90)["state"] == "CANCELLED"
     assert sacct_job(result["job_id"])["State"].startswith("CANCELLED")
 
+
+
+FLAKY_SPEC = """\
+name: mended
+tasks:
+  - id: fine
+    shell: "echo fine >> {log}"
+    args: {log: LOG}
+  - id: flaky
+    shell: "test -f {marker} && sleep 4 && echo mended >> {log}"
+    args: {marker: MARKER, log: LOG}
+    after: [fine]
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submit_resume_continues_a_failed_job_in_its_folder(cluster, tmp_path):
+    """A job whose task failed; the cause is fixed; ``submit --resume`` runs a new job in
+    the same folder that runs the failed task alone. A second one is refused while that
+    job is not over."""
+    marker, log = tmp_path / "marker", tmp_path / "log"
+    spec = tmp_path / "mended.yaml"
+    spec.write_text(FLAKY_SPEC.replace("MARKER", str(marker)).replace("LOG", str(log)))
+    first = submit(spec, "--engine", "local", cwd=tmp_path)
+    run_dir = first["run_dir"]
+    assert wait_final(run_dir)["state"] == "FAILED"
+    assert run_info(run_dir)["status"] == "failed" and log.read_text() == "fine\n"
+    shown = hpcflow("status", run_dir, cwd=tmp_path)
+    assert shown.returncode == 1 and shown.stdout.splitlines()[-1] == (
+        f"next     hpcflow submit --resume {run_dir} (once the causes are fixed)"), shown.stdout
+    marker.write_text("fixed")
+    done = hpcflow("submit", "--json", "--resume", run_dir, "--engine", "local", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    second = json.loads(done.stdout)
+    assert second["run_dir"] == run_dir and second["job_id"] != first["job_id"]
+    again = hpcflow("submit", "--resume", run_dir, "--engine", "local", cwd=tmp_path)
+    assert again.returncode != 0 and f"job {second['job_id']}" in again.stderr, again.stderr
+    assert "nothing was submitted" in again.stderr
+    assert wait_final(run_dir)["state"] == "COMPLETED"
+    info = run_info(run_dir)
+    assert info["status"] == "succeeded" and info["reused"] == 1
+    assert info["slurm_job_id"] == second["job_id"] and info["slurm_jobs"] == [first["job_id"]]
+    assert log.read_text() == "fine\nmended\n"  # fine did not run again
+    assert (Path(run_dir) / "batch" / f"job-{first['job_id']}.sh").is_file()
 
 
 @pytest.mark.slurm

@@ -131,7 +131,10 @@ def _sizing_options(p: argparse.ArgumentParser) -> None:
 
 def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
     p = sub.add_parser("submit", help="run a workflow as ONE Slurm batch job (sbatch)")
-    p.add_argument("workflow", help=target_help)
+    p.add_argument("workflow", nargs="?", help=target_help + " (with --resume: default, the "
+                   "run's own spec)")
+    p.add_argument("--resume", metavar="RUN", help="a new job that continues this run folder "
+                   "(a failed or stopped run's): finished, unchanged tasks are reused")
     p.add_argument("--dry-run", action="store_true",
                    help="print the batch script (and check it with sbatch --test-only); submit nothing")
     _sizing_options(p)

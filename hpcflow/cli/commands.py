@@ -11,7 +11,7 @@ from typing import Any
 
 from hpcflow.cli import EXIT_FAILED, EXIT_OK, EXIT_WALLTIME, print_json
 from hpcflow.cli.load import load_plan
-from hpcflow.errors import EngineError
+from hpcflow.errors import EngineError, SpecError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from hpcflow.engine.mpi.launch import relaunch
 
         return relaunch(sys.argv, args.workers)
+    if args.dry_run and not args.resume:
+        raise SpecError("--dry-run needs --resume RUN", field="--dry-run")
     workflow = _workflow_argument(args)
     plan = load_plan(workflow)
     if args.dry_run:
@@ -104,7 +106,6 @@ def _progress_line(total: int) -> object:
 
 
 def _parsed_deadline(value: str | None) -> float | None:
-    from hpcflow.errors import SpecError
     from hpcflow.model.resources import parse_time
 
     try:
@@ -115,10 +116,6 @@ def _parsed_deadline(value: str | None) -> float | None:
 
 def _workflow_argument(args: argparse.Namespace) -> str:
     """The WF argument; with ``--resume`` it defaults to the spec recorded in run.json."""
-    from hpcflow.errors import SpecError
-
-    if args.dry_run and not args.resume:
-        raise SpecError("--dry-run needs --resume RUN", field="--dry-run")
     if args.workflow:
         return str(args.workflow)
     if not args.resume:
@@ -247,7 +244,6 @@ def _slurm_sizing(plan: Any, analysis: Any, args: argparse.Namespace) -> tuple[A
 
 
 def _overrides(args: argparse.Namespace) -> Any:
-    from hpcflow.errors import SpecError
     from hpcflow.model.resources import parse_memory, parse_time
     from hpcflow.scheduler.slurm.sizing import Overrides
 
@@ -280,23 +276,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hpcflow.scheduler.slurm import submit as slurm
     from hpcflow.scheduler.slurm.view import sizing_json, sizing_text
 
-    plan = load_plan(args.workflow)
+    workflow = _workflow_argument(args)
+    plan = load_plan(workflow)
     analysis = analyse(plan)
     sizing, source, profile = _slurm_sizing(plan, analysis, args)
-    request = slurm.Request(spec=_spec_argument(args.workflow), account=args.account, qos=args.qos,
+    request = slurm.Request(spec=_spec_argument(workflow), account=args.account, qos=args.qos,
                             constraint=args.constraint, engine=args.engine, python=args.python,
                             test_only=not args.no_test_only)
     if not args.json:
         print(f"profile: {source}\n{sizing_text(sizing)}", end="", file=sys.stderr)
     if args.dry_run:
-        run_dir = slurm.planned_run_dir(plan.workflow, args.runs_root, args.run_dir)
+        run_dir = (str(Path(_run_folder(args.resume)).resolve()) if args.resume else
+                   slurm.planned_run_dir(plan.workflow, args.runs_root, args.run_dir))
         text, checked = slurm.dry_run(plan, sizing, profile, request, run_dir)
         sys.stdout.write(text)
         print(f"sbatch --test-only: {checked}" if checked else
               "not checked with sbatch --test-only (disabled, or no sbatch here)", file=sys.stderr)
         return EXIT_OK
-    done = slurm.submit(plan, sizing, profile, request, runs_root=args.runs_root,
-                        run_dir=args.run_dir)
+    if args.resume:
+        done = slurm.resubmit(plan, sizing, profile, request, _run_folder(args.resume))
+    else:
+        done = slurm.submit(plan, sizing, profile, request, runs_root=args.runs_root,
+                            run_dir=args.run_dir)
     if args.json:
         print_json({"job_id": done.job_id, "run_dir": done.run_dir, "script": done.script,
                     "checked": done.checked, "sizing": sizing_json(sizing)})
@@ -339,7 +340,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def _cluster_wait(args: argparse.Namespace) -> int:
     """``hpcflow cluster wait dask|ray``: the address on stdout once the cluster is up."""
-    from hpcflow.errors import SpecError
     from hpcflow.scheduler.slurm import ready
 
     watch = ready.parse_watch(args.watch)

@@ -283,6 +283,14 @@ def format_elapsed(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else format_seconds(seconds)
 
 
+def _next_command(status: RunStatus) -> str | None:
+    """What continues a run that did not finish: a resume here, or for a batch job's run
+    that failed or was stopped, a new job (a walltime stop continues by itself)."""
+    if status.job_state is None:
+        return "hpcflow run --resume" if status.status in _RESUMABLE else None
+    return "hpcflow submit --resume" if status.status in ("failed", "stopped") else None
+
+
 def status_json(status: RunStatus) -> dict[str, Any]:
     """``--json``: the fields of :class:`RunStatus`; ``failures`` capped at 1000 (then
     ``failures_elided`` says how many more); ``finished`` (an end was recorded) and
@@ -323,7 +331,8 @@ def status_text(status: RunStatus) -> str:
     if len(status.failures) > _TEXT_FAILURES:
         lines.append(f"         ... {len(status.failures) - _TEXT_FAILURES:,} more failed "
                      "(--json lists them)")
-    if status.status in _RESUMABLE and status.job_state is None:  # a batch job: its chain
-        lines.append(f"next     hpcflow run --resume {status.run_dir}"
+    how = _next_command(status)
+    if how:
+        lines.append(f"next     {how} {status.run_dir}"
                      + (" (once the causes are fixed)" if status.failures else ""))
     return "\n".join(lines) + "\n"

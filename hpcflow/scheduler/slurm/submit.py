@@ -28,9 +28,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hpcflow.errors import RunDirError
 from hpcflow.plan.plan import Plan
+from hpcflow.report.status import lock_held
 from hpcflow.scheduler.slurm._cmd import Runner, run_slurm, said, sbatch_env
 from hpcflow.scheduler.slurm.errors import SlurmError, SlurmRejected
+from hpcflow.scheduler.slurm.follow import job_state
 from hpcflow.scheduler.slurm.profile import Profile
 from hpcflow.scheduler.slurm.script import BATCH_FOLDER, SCRIPT_NAME, batch_job, render_script
 from hpcflow.scheduler.slurm.sizing import Sizing
@@ -100,19 +103,62 @@ def submit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, *,
     """Prepare the run folder, check, submit held, record the job id, release."""
     run = run or partial(run_slurm, env=sbatch_env())
     folder = RunDir.create(plan.workflow, root=runs_root, path=run_dir)
-    script_path = folder.path / BATCH_FOLDER / SCRIPT_NAME
     with _removed_on_error(folder.path):
-        text = script_for(plan, sizing, profile, request, str(folder.path))
         (folder.path / BATCH_FOLDER).mkdir(mode=0o700)
-        write_atomic(script_path, text.encode())
-        script_path.chmod(0o700)
-        write_atomic(folder.path / BATCH_FOLDER / "sizing.json",
-                     json.dumps(sizing_json(sizing), indent=2).encode())
         info = _run_info(plan, sizing, request.spec, request.engine or profile.engine, folder.path,
                          argv)
         folder.write_info(info)
-        checked = test_only(script_path, run) if request.test_only and profile.test_only else None
-        job_id = _sbatch(script_path, run)
+        script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, info, run)
+    return _released(folder, info, job_id, script_path, checked, run)
+
+
+def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run_path: str, *,
+             run: Runner | None = None, argv: Sequence[str] | None = None) -> Submitted:
+    """A new batch job that continues the run in ``run_path`` (``submit --resume``): its
+    finished, unchanged tasks are reused, as by ``run --resume``. Refused while the run's
+    coordinator lives or its last job is not over; the folder is never removed, and its
+    run.json changes only once Slurm has taken the job."""
+    run = run or partial(run_slurm, env=sbatch_env())
+    folder = RunDir.open(run_path)
+    if lock_held(folder.path):
+        raise RunDirError(f"{folder.path} is in use by a live run; wait for it, or stop it")
+    old = folder.read_info()
+    if old.get("slurm_job_id"):
+        state = job_state(old, min_interval=0, run=run)
+        forgotten = state.get("state") == "UNKNOWN" and not state.get("error")  # long over
+        if state and not state.get("final") and not forgotten:
+            raise SlurmError(f"job {old['slurm_job_id']} of {folder.path} is still "
+                             f"{state.get('state')}: wait for it, or cancel it (hpcflow cancel "
+                             f"{folder.path}), then submit again; nothing was submitted")
+    batch = folder.path / BATCH_FOLDER
+    batch.mkdir(mode=0o700, exist_ok=True)
+    earlier = list(old.get("slurm_jobs", []))  # every job that worked on this run before
+    if old.get("slurm_job_id"):
+        earlier.append(old["slurm_job_id"])
+        if (batch / SCRIPT_NAME).is_file():  # what those jobs ran: kept beside the new one
+            shutil.copy2(batch / SCRIPT_NAME, batch / f"job-{old['slurm_job_id']}.sh")
+    info = {**old, **_run_info(plan, sizing, request.spec, request.engine or profile.engine,
+                               folder.path, argv),
+            "created": old.get("created", time.time()), "slurm_jobs": earlier}
+    script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, info, run)
+    return _released(folder, info, job_id, script_path, checked, run)
+
+
+def _held_job(folder: RunDir, plan: Plan, sizing: Sizing, profile: Profile, request: Request,
+              info: dict[str, Any], run: Runner) -> tuple[Path, str | None, str]:
+    """Write the script and sizing into ``batch/``, check, submit on hold."""
+    script_path = folder.path / BATCH_FOLDER / SCRIPT_NAME
+    write_atomic(script_path, script_for(plan, sizing, profile, request, str(folder.path)).encode())
+    script_path.chmod(0o700)
+    write_atomic(folder.path / BATCH_FOLDER / "sizing.json",
+                 json.dumps(sizing_json(sizing), indent=2).encode())
+    checked = test_only(script_path, run) if request.test_only and profile.test_only else None
+    return script_path, checked, _sbatch(script_path, run)
+
+
+def _released(folder: RunDir, info: dict[str, Any], job_id: str, script_path: Path,
+              checked: str | None, run: Runner) -> Submitted:
+    """Record the held job's id in run.json, then let it start."""
     info["slurm_job_id"] = job_id
     folder.write_info(info)
     done = run(["scontrol", "release", job_id])

@@ -130,7 +130,7 @@ def test_forced_task_reruns_with_everything_downstream(setup):
     hf.run(_workflow(module), workers=2, run_dir=str(run))
     plan, decision = resume_preview(_workflow(module), str(run), ["b"])
     assert {plan.name(i): r for i, r in decision.reasons.items()} == {
-        "b": "forced (--force)", "c": "an input changed (upstream b runs again)"}
+        "b": "forced (--force)", "c": "forced (--force)"}
     assert not decision.candidates
     result = hf.run(_workflow(module), workers=2, resume=str(run), force=["b"])
     assert result.outputs["c"] == 20
@@ -143,6 +143,27 @@ def test_forced_task_reruns_with_everything_downstream(setup):
     assert counts["b"] == 3 and counts["c"] == 3
     hf.run(_workflow(module), workers=2, resume=str(run))  # a plain resume reuses it all
     assert _counts(log) == counts
+
+
+def test_a_force_is_journalled_until_the_forced_tasks_have_run(setup):
+    """A FORCE event (written by a forced resume before its tasks ran, or by submit
+    --resume --force) makes every later resume rerun those tasks until they have run: a
+    forced run interrupted early loses nothing of what was asked."""
+    from hpcflow.plan import flatten
+    from hpcflow.store.resume import forced_ids, record_force
+    from hpcflow.store.rundir import RunDir
+
+    module, log, run = setup
+    hf.run(_workflow(module), workers=2, run_dir=str(run))
+    plan = flatten(_workflow(module))
+    record_force(RunDir.open(run), plan, forced_ids(plan, ["b"]))  # as if then killed
+    plan, decision = resume_preview(_workflow(module), str(run))
+    assert {plan.name(i): r for i, r in decision.reasons.items()} == {
+        "b": "forced (--force)", "c": "forced (--force)"}
+    hf.run(_workflow(module), workers=2, resume=str(run))
+    hf.run(_workflow(module), workers=2, resume=str(run))  # done now: nothing runs
+    counts = _counts(log)
+    assert counts["b"] == 2 and counts["c"] == 2 and counts["a0"] == 1 and counts["d0"] == 1
 
 
 def test_force_names_are_checked_before_anything_runs(setup, capsys):
@@ -170,6 +191,7 @@ def test_force_names_are_checked_before_anything_runs(setup, capsys):
     assert main(["run", "--resume", str(run), "--force", "c", "--dry-run", "--json",
                  f"{spec}:workflow"]) == 0
     assert json.loads(capsys.readouterr().out) == {"reused": 8, "rerun": {"c": "forced (--force)"}}
+    assert [e for e in read_journal(run / "journal.bin") if e[0] == Event.FORCE] == []
 
 
 def test_second_resume_reads_each_segment_with_its_own_plan(setup):

@@ -394,6 +394,12 @@ def test_submit_resume_continues_a_failed_job_in_its_folder(cluster, tmp_path):
     assert info["slurm_job_id"] == second["job_id"] and info["slurm_jobs"] == [first["job_id"]]
     assert log.read_text() == "fine\nmended\n"  # fine did not run again
     assert (Path(run_dir) / "batch" / f"job-{first['job_id']}.sh").is_file()
+    forced = hpcflow("submit", "--resume", run_dir, "--force", "fine", "--engine", "local",
+                     cwd=tmp_path)  # fine and what follows it (flaky, by `after`) again
+    assert forced.returncode == 0, forced.stderr
+    assert wait_final(run_dir)["state"] == "COMPLETED"
+    assert log.read_text() == "fine\nmended\nfine\nmended\n"
+    assert run_info(run_dir)["slurm_jobs"] == [first["job_id"], second["job_id"]]
 
 
 @pytest.mark.slurm

@@ -135,6 +135,9 @@ def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
                    "run's own spec)")
     p.add_argument("--resume", metavar="RUN", help="a new job that continues this run folder "
                    "(a failed or stopped run's): finished, unchanged tasks are reused")
+    p.add_argument("--force", action="append", default=[], metavar="TASK",
+                   help="with --resume: the job runs TASK again and everything downstream of "
+                   "it (as run --resume --force); repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the batch script (and check it with sbatch --test-only); submit nothing")
     _sizing_options(p)

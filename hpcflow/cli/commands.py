@@ -285,6 +285,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                             test_only=not args.no_test_only)
     if not args.json:
         print(f"profile: {source}\n{sizing_text(sizing)}", end="", file=sys.stderr)
+    if args.force and not args.resume:
+        raise SpecError("--force needs --resume RUN (a new run runs every task anyway)",
+                        field="--force")
     if args.dry_run:
         run_dir = (str(Path(_run_folder(args.resume)).resolve()) if args.resume else
                    slurm.planned_run_dir(plan.workflow, args.runs_root, args.run_dir))
@@ -294,7 +297,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "not checked with sbatch --test-only (disabled, or no sbatch here)", file=sys.stderr)
         return EXIT_OK
     if args.resume:
-        done = slurm.resubmit(plan, sizing, profile, request, _run_folder(args.resume))
+        done = slurm.resubmit(plan, sizing, profile, request, _run_folder(args.resume),
+                              force=args.force)
     else:
         done = slurm.submit(plan, sizing, profile, request, runs_root=args.runs_root,
                             run_dir=args.run_dir)

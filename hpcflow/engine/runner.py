@@ -29,7 +29,7 @@ from hpcflow.plan.flatten import flatten
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
 from hpcflow.store.journal import truncate_torn
-from hpcflow.store.resume import Decision, forced_ids, plan_resume
+from hpcflow.store.resume import Decision, forced_ids, plan_resume, record_force
 from hpcflow.store.rundir import RunDir
 
 
@@ -53,7 +53,8 @@ class EngineConfig:
     """An earlier run folder to continue: its completed, unchanged tasks are reused."""
     force: Sequence[str] = ()
     """With ``resume``: tasks to run again (names, ``sim[3]``, a nested workflow's id),
-    and everything downstream of them, whatever their fingerprints say."""
+    and everything downstream of them, whatever their fingerprints say; journalled, so
+    that a resume of this run interrupted before they ran reruns them too."""
     isolate: bool = False
     """Every Python task in its own child process (sets ``options.isolate``)."""
     deadline: float | None = None
@@ -121,6 +122,7 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     run, info = _open_run(plan, config)
     decision, values = (plan_resume(plan, run, set(_output_ids(plan)), forced) if config.resume
                         else (Decision(), {}))
+    record_force(run, plan, forced)  # a later resume reruns them too, until they have run
     info["reused"] = len(decision.reuse)
     run.write_info(info)
     run.save_plan(plan)

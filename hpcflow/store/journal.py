@@ -40,6 +40,8 @@ class Event:
       text, log path, start and end time (absent in journals before they were added)
     - ``SKIP``: task id, id of the failed task it depends on
     - ``STOPPED``: task id, time — a running task given up at the allocation's end
+    - ``FORCE``: task names, time — ``--force`` asked these to run again (and everything
+      downstream of them, which the names include): a DONE before it no longer counts
     - ``END``: status string (``succeeded``, ``failed``, ``stopped``), time
     """
 
@@ -50,6 +52,7 @@ class Event:
     RETRY = "retry"
     SKIP = "skip"
     STOPPED = "stopped"
+    FORCE = "force"
     END = "end"
 
 

@@ -34,7 +34,8 @@ import inspect
 import json
 import pickle
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from typing import Any
 from hpcflow.errors import SpecError
 from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
 from hpcflow.plan.plan import Binder, Group, GroupRef, Plan, map_group_refs
-from hpcflow.store.journal import Event, read_journal
+from hpcflow.store.journal import Event, Journal, read_journal
 from hpcflow.store.rundir import RunDir, load_result
 
 
@@ -256,6 +257,8 @@ def read_prior(run: RunDir) -> dict[str, Prior]:
         kind = event[0]
         if kind == Event.RUN and isinstance(event[1], dict) and "groups" in event[1]:
             names = TaskNames(event[1]["groups"], event[1].get("defs"))
+        elif kind == Event.FORCE:
+            prior.update((name, Prior("forced")) for name in event[1])
         elif kind == Event.DONE:
             name, definition = names(event[1])
             extra = dict(event[7] or {})
@@ -309,15 +312,32 @@ class Decision:
 
 def forced_ids(plan: Plan, names: Sequence[str]) -> set[int]:
     """The ids that ``--force`` names: a task (every instance of a sweep), one instance
-    (``sim[3]``), or a nested workflow's id (every task in it). An unknown name is a
-    :class:`SpecError` that names it and what is there, before anything runs."""
+    (``sim[3]``), or a nested workflow's id (every task in it), and everything downstream
+    of them. An unknown name is a :class:`SpecError` that names it and what is there,
+    before anything runs."""
     chosen: set[int] = set()
     for name in names:
         ids = _named_ids(plan.groups, name)
         if not ids:
             raise SpecError(_no_such_task(plan, name), field="--force")
         chosen.update(ids)
+    stack, succ_ptr, succ = list(chosen), plan.succ_ptr.tolist(), plan.succ.tolist()
+    while stack:
+        i = stack.pop()
+        for s in succ[succ_ptr[i]:succ_ptr[i + 1]]:
+            if s not in chosen:
+                chosen.add(s)
+                stack.append(s)
     return chosen
+
+
+def record_force(run: RunDir, plan: Plan, forced: Collection[int]) -> None:
+    """Journal that these tasks are to run again (``--force``), so that every later resume
+    knows it too, until each has run. Written by whoever holds the run folder's lock: the
+    coordinator, or ``submit --resume`` before its job starts."""
+    if forced:
+        with Journal(run.journal) as journal:
+            journal.record(Event.FORCE, sorted(plan.name(i) for i in forced), time.time())
 
 
 def _named_ids(groups: Sequence[Group], name: str) -> list[int]:
@@ -350,27 +370,23 @@ def _no_such_task(plan: Plan, name: str) -> str:
 def decide(plan: Plan, prior: Mapping[str, Prior], fp: Fingerprinter,
            broken: frozenset[int] = frozenset(), forced: frozenset[int] = frozenset()) -> Decision:
     """Per task in topological order: reuse it, or say why it runs again. A ``forced``
-    task runs again, and so does everything downstream of it (never a candidate)."""
+    task (:func:`forced_ids`: with what is downstream) runs again, never a candidate."""
     out = Decision()
     pred_ptr, pred = plan.pred_ptr.tolist(), plan.pred.tolist()
-    downstream: set[int] = set()  # forced, or reads what is
     for i in topological(plan):
         old = prior.get(plan.name(i))
-        inputs = pred[pred_ptr[i]:pred_ptr[i + 1]]
-        rerun = [p for p in inputs if p in out.reasons]
+        rerun = [p for p in pred[pred_ptr[i]:pred_ptr[i + 1]] if p in out.reasons]
         if i in forced:
             reason: str | None = "forced (--force)"
         else:
             reason = _reason(plan, i, old, rerun, fp, out.hashes, i in broken)
-        if i in forced or any(p in downstream for p in rerun):
-            downstream.add(i)
         if reason is None:
             assert old is not None and old.stored is not None
             out.reuse[i] = old.stored
             out.hashes[i] = old.extra["h"]
         else:
             out.reasons[i] = reason
-            if rerun and i not in downstream and old is not None and old.state == "done" \
+            if rerun and i not in forced and old is not None and old.state == "done" \
                     and old.extra.get("d") == fp.definition(i):
                 out.candidates[i] = old
     return out
@@ -378,6 +394,8 @@ def decide(plan: Plan, prior: Mapping[str, Prior], fp: Fingerprinter,
 
 def _reason(plan: Plan, i: int, old: Prior | None, rerun: list[int], fp: Fingerprinter,
             hashes: Mapping[int, str], broken: bool) -> str | None:
+    if old is not None and old.state == "forced":
+        return "forced (--force)"
     if old is None or old.state in ("dispatched", "skipped"):
         return "never finished"
     if old.state == "failed":

@@ -38,6 +38,7 @@ from hpcflow.scheduler.slurm.profile import Profile
 from hpcflow.scheduler.slurm.script import BATCH_FOLDER, SCRIPT_NAME, batch_job, render_script
 from hpcflow.scheduler.slurm.sizing import Sizing
 from hpcflow.scheduler.slurm.view import sizing_json
+from hpcflow.store.resume import forced_ids, record_force
 from hpcflow.store.rundir import RunDir, write_atomic
 
 _JOB_ID = re.compile(r"^(\d+)(;\S+)?$")
@@ -113,12 +114,15 @@ def submit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, *,
 
 
 def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run_path: str, *,
-             run: Runner | None = None, argv: Sequence[str] | None = None) -> Submitted:
+             force: Sequence[str] = (), run: Runner | None = None,
+             argv: Sequence[str] | None = None) -> Submitted:
     """A new batch job that continues the run in ``run_path`` (``submit --resume``): its
     finished, unchanged tasks are reused, as by ``run --resume``. Refused while the run's
     coordinator lives or its last job is not over; the folder is never removed, and its
-    run.json changes only once Slurm has taken the job."""
+    run.json changes only once Slurm has taken the job. ``force`` names tasks to run
+    again (as ``run --resume --force``), journalled while the job is held."""
     run = run or partial(run_slurm, env=sbatch_env())
+    forced = forced_ids(plan, force) if force else set()
     folder = RunDir.open(run_path)
     if lock_held(folder.path):
         raise RunDirError(f"{folder.path} is in use by a live run; wait for it, or stop it")
@@ -141,6 +145,12 @@ def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run
                                folder.path, argv),
             "created": old.get("created", time.time()), "slurm_jobs": earlier}
     script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, info, run)
+    if forced:  # the job is held: nobody else writes the journal now
+        folder.lock()
+        try:
+            record_force(folder, plan, forced)
+        finally:
+            folder.unlock()
     return _released(folder, info, job_id, script_path, checked, run)
 
 

@@ -109,7 +109,7 @@ def submit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, *,
         info = _run_info(plan, sizing, request.spec, request.engine or profile.engine, folder.path,
                          argv)
         folder.write_info(info)
-        script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, info, run)
+        script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, run)
     return _released(folder, info, job_id, script_path, checked, run)
 
 
@@ -124,16 +124,8 @@ def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run
     run = run or partial(run_slurm, env=sbatch_env())
     forced = forced_ids(plan, force) if force else set()
     folder = RunDir.open(run_path)
-    if lock_held(folder.path):
-        raise RunDirError(f"{folder.path} is in use by a live run; wait for it, or stop it")
     old = folder.read_info()
-    if old.get("slurm_job_id"):
-        state = job_state(old, min_interval=0, run=run)
-        forgotten = state.get("state") == "UNKNOWN" and not state.get("error")  # long over
-        if state and not state.get("final") and not forgotten:
-            raise SlurmError(f"job {old['slurm_job_id']} of {folder.path} is still "
-                             f"{state.get('state')}: wait for it, or cancel it (hpcflow cancel "
-                             f"{folder.path}), then submit again; nothing was submitted")
+    _check_idle(folder, old, run)
     batch = folder.path / BATCH_FOLDER
     batch.mkdir(mode=0o700, exist_ok=True)
     earlier = list(old.get("slurm_jobs", []))  # every job that worked on this run before
@@ -144,7 +136,7 @@ def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run
     info = {**old, **_run_info(plan, sizing, request.spec, request.engine or profile.engine,
                                folder.path, argv),
             "created": old.get("created", time.time()), "slurm_jobs": earlier}
-    script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, info, run)
+    script_path, checked, job_id = _held_job(folder, plan, sizing, profile, request, run)
     if forced:  # the job is held: nobody else writes the journal now
         folder.lock()
         try:
@@ -154,8 +146,23 @@ def resubmit(plan: Plan, sizing: Sizing, profile: Profile, request: Request, run
     return _released(folder, info, job_id, script_path, checked, run)
 
 
+def _check_idle(folder: RunDir, info: dict[str, Any], run: Runner) -> None:
+    """Refuse to add a job to a run whose coordinator lives or whose last job is not over
+    (a job Slurm no longer knows, ``UNKNOWN`` without an error, is long over)."""
+    if lock_held(folder.path):
+        raise RunDirError(f"{folder.path} is in use by a live run; wait for it, or stop it")
+    if not info.get("slurm_job_id"):
+        return
+    state = job_state(info, min_interval=0, run=run)
+    forgotten = state.get("state") == "UNKNOWN" and not state.get("error")
+    if state and not state.get("final") and not forgotten:
+        raise SlurmError(f"job {info['slurm_job_id']} of {folder.path} is still "
+                         f"{state.get('state')}: wait for it, or cancel it (hpcflow cancel "
+                         f"{folder.path}), then submit again; nothing was submitted")
+
+
 def _held_job(folder: RunDir, plan: Plan, sizing: Sizing, profile: Profile, request: Request,
-              info: dict[str, Any], run: Runner) -> tuple[Path, str | None, str]:
+              run: Runner) -> tuple[Path, str | None, str]:
     """Write the script and sizing into ``batch/``, check, submit on hold."""
     script_path = folder.path / BATCH_FOLDER / SCRIPT_NAME
     write_atomic(script_path, script_for(plan, sizing, profile, request, str(folder.path)).encode())

@@ -38,6 +38,7 @@ from hpcflow.scheduler.slurm.profile import Profile
 from hpcflow.scheduler.slurm.script import BATCH_FOLDER, SCRIPT_NAME, batch_job, render_script
 from hpcflow.scheduler.slurm.sizing import Sizing
 from hpcflow.scheduler.slurm.view import sizing_json
+from hpcflow.store import rundir
 from hpcflow.store.resume import forced_ids, record_force
 from hpcflow.store.rundir import RunDir, write_atomic
 
@@ -219,6 +220,6 @@ def planned_run_dir(workflow: str, runs_root: str | None, run_dir: str | None) -
     """Where a run folder would be made (for --dry-run, which makes none)."""
     if run_dir:
         return str(Path(run_dir).resolve())
-    root = Path(runs_root or os.environ.get("HPCFLOW_RUNS", "hpcflow-runs")).resolve()
+    root = rundir.runs_root(runs_root).resolve()
     return str(root / f"{workflow}-{time.strftime('%Y%m%d-%H%M%S')}-1")
 

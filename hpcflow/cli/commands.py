@@ -278,8 +278,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     workflow = _workflow_argument(args)
     plan = load_plan(workflow)
-    analysis = analyse(plan)
-    sizing, source, profile = _slurm_sizing(plan, analysis, args)
+    left = _left_to_run(plan, args) if args.resume else plan
+    sizing, source, profile = _slurm_sizing(left, analyse(left), args)
     request = slurm.Request(spec=_spec_argument(workflow), account=args.account, qos=args.qos,
                             constraint=args.constraint, engine=args.engine, python=args.python,
                             test_only=not args.no_test_only)
@@ -311,6 +311,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted batch job {done.job_id}\nrun folder: {done.run_dir}\n"
           f"follow it: hpcflow status {done.run_dir}   cancel: hpcflow cancel {done.run_dir}")
     return EXIT_OK
+
+
+def _left_to_run(plan: Any, args: argparse.Namespace) -> Any:
+    """For sizing a resubmission: the plan with the tasks a resume reuses taking no time,
+    so the job asks for what is left (its script still runs the whole plan)."""
+    import dataclasses
+
+    import numpy as np
+
+    from hpcflow.engine.runner import resume_preview
+
+    _, decision = resume_preview(plan, _run_folder(args.resume), args.force)
+    time = np.asarray(plan.time, dtype=np.float64).copy()
+    time[list(decision.reuse)] = 0.0
+    return dataclasses.replace(plan, time=time)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

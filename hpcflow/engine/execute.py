@@ -453,6 +453,17 @@ def _run_tree(argv: list[str], cwd: Path, env: dict[str, str], out: Any, err: An
     return proc.returncode, shell_memory(maxrss, floor)
 
 
+def end_children() -> None:
+    """End every process this one started and that still runs, with its tree. A worker
+    calls it when a stop signal interrupted its task: a program whose start the signal
+    cut into (inside ``Popen``, before ``_run_tree`` could note it) is ended too."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process().children():
+            kill_tree(child.pid)
+
+
 def kill_tree(pid: int) -> int:
     """SIGKILL ``pid``, its process group if it leads one, and every descendant (shell
     programs that started sessions of their own included). Returns the largest peak RSS

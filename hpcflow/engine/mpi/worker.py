@@ -36,7 +36,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-from hpcflow.engine.execute import Call, Executor, Outcome, resolve_target
+from hpcflow.engine.execute import Call, Executor, Outcome, end_children, resolve_target
 from hpcflow.engine.mpi.channel import Channel
 from hpcflow.engine.mpi.wire import (
     BYE,
@@ -160,6 +160,7 @@ class Worker:
         try:
             return self.executor.run(call, ranks)
         except Interrupted as exc:
+            end_children()
             return Outcome(call.id, call.attempt, False, None, start, time.time(), self.index,
                            error=str(exc))
         finally:

@@ -243,17 +243,17 @@ class Executor:
         if call.gpus != self._gpus:  # a task sees only the GPUs it was given, none if none
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(call.gpus)
             self._gpus = call.gpus
-        if action.env:  # its module, imported by its first call here, sees its env too
-            with task_environment(action.env):
-                target = self._targets.get(call.group) or self._target(action, call.group)
-                return _call(action, target, call)
-        target = self._targets.get(call.group) or self._target(action, call.group)
-        return _call(action, target, call)
+        if not action.env:  # no context manager on the hot path of tasks without one
+            return _call(action, self._target(action, call.group), call)
+        with task_environment(action.env):  # its module, first imported here, sees it too
+            return _call(action, self._target(action, call.group), call)
 
     def _target(self, action: PythonCall | MethodCall, group: int) -> Any:
         """The function or class to call, imported once per group on this worker."""
-        target = resolve_target(action.target if isinstance(action, PythonCall) else action.cls)
-        self._targets[group] = target
+        target = self._targets.get(group)
+        if target is None:
+            target = resolve_target(action.target if isinstance(action, PythonCall) else action.cls)
+            self._targets[group] = target
         return target
 
     def _shell(self, action: ShellCommand, call: Call, ranks: int
@@ -324,9 +324,6 @@ _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_
 def task_environment(variables: Environment) -> Iterator[None]:
     """``os.environ`` with a Python task's ``env`` while it runs, as it was afterwards (the
     worker runs one task at a time)."""
-    if not variables:
-        yield
-        return
     saved = {name: os.environ.get(name) for name, _ in variables}
     os.environ.update(expanded(variables, os.environ))
     try:

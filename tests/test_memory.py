@@ -70,7 +70,12 @@ ALLOCATE, TINY, NAP, FAILS, SHELL_ALLOC, TRUE, SHELL_HOLD, SHELL_FAILS, DIES = r
 
 
 @pytest.fixture
-def executor(tmp_path) -> Executor:
+def executor(tmp_path, monkeypatch) -> Executor:
+    # an Executor in this process pins CUDA_VISIBLE_DEVICES in os.environ, as a worker does:
+    # setenv records how it was (unset, usually), so that teardown puts that back and a
+    # later test that starts Ray in this process sees the machine's GPUs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     return Executor(ACTIONS, str(tmp_path), [])
 
 

@@ -560,6 +560,7 @@ def test_cluster_wait_ray_head_reads_the_address_file(tmp_path):
 
 
 def test_cluster_wait_ends_at_once_when_a_watched_part_exited(tmp_path):
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install -e '.[dask]'")
     gone = subprocess.Popen(["true"])
     gone.wait()
     started = time.monotonic()

@@ -54,10 +54,11 @@ MIN_SHELL_COMMANDS = 20
 
 
 def _stub_sweep_demo(folder: Path) -> None:
-    """What docs/yaml-reference.md's example refers to: lib/mymod.py (only found, never
+    """What docs/yaml-reference.md's example refers to: lib/mymod.py (only read, never
     imported, when validating) and stats.yaml with an input ``data``."""
     (folder / "lib").mkdir()
-    (folder / "lib" / "mymod.py").write_text("")
+    (folder / "lib" / "mymod.py").write_text("def make_data(): ...\ndef simulate(): ...\n"
+                                             "class Model: ...\n")
     (folder / "stats.yaml").write_text(textwrap.dedent("""\
         name: stats
         inputs: {data: null}

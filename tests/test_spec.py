@@ -276,7 +276,7 @@ def test_module_lookup_imports_nothing(folder: Path) -> None:
     pkg = folder / "sidefx_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("raise RuntimeError('imported!')\n")
-    (pkg / "mod.py").write_text("raise RuntimeError('imported!')\n")
+    (pkg / "mod.py").write_text("def f():\n    pass\n\nraise RuntimeError('imported!')\n")
     wf = load_workflow_text(T + "    python: sidefx_pkg.mod:f\n", folder / "wf.yaml")
     assert wf.tasks["a"].action == PythonCall("sidefx_pkg.mod:f")
     assert "sidefx_pkg" not in sys.modules

@@ -13,6 +13,14 @@ errors. So are unknown keys (a typo such as ``resourcse`` never passes silently)
 values of the wrong type (``cores: "4"``, ``cores: true``). Every error names the file,
 the line, the task and the field, and nothing has run.
 
+A ``python`` target (and a ``method``'s ``class``) is checked without importing
+anything: the module or file must exist, and its source, read as text, must not lack
+the name at its top level nor bind it to a plain value (a number, string, list, dict).
+What the text cannot settle passes and shows when the task runs: names made by a
+module-level ``__getattr__`` or ``from x import *``, names bound only inside ``if`` or
+``try`` blocks, what an imported name is, compiled modules (see the troubleshooting
+guide).
+
 Implementation notes (not in the reference): validation, the error paths of
 :mod:`hpcflow.spec.loader` and the reference document ``docs/yaml-reference.md``
 (``python -m hpcflow.spec.reference``) all come from these classes: their docstrings

@@ -115,15 +115,19 @@ def _sizing_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Slurm request (each overrides the sizing)")
     g.add_argument("--profile", help="cluster profile YAML (default: $HPCFLOW_SLURM_PROFILE, "
                    "~/.config/hpcflow/slurm.yaml, else discovered from the cluster)")
-    g.add_argument("--partition", help="partition (default: the profile's)")
+    g.add_argument("--partition", help="partition (default: every one the tasks fit, searched)")
     g.add_argument("--nodes", type=int, help="node count (default: chosen by simulation)")
+    g.add_argument("--ntasks", type=int, help="ranks in all, coordinator included (rounded up "
+                   "to the same count on every node)")
     g.add_argument("--ntasks-per-node", type=int, help="ranks per node, coordinator included")
     g.add_argument("--cpus-per-task", type=int, help="cores per rank (default 1)")
     g.add_argument("--gpus-per-node", type=int, help="GPUs per node")
     g.add_argument("--mem", help="memory per node, e.g. 4G (written in the profile's style)")
     g.add_argument("--time", help="wall time to request, e.g. 2h or 01:30:00 "
                    "('none': the partition's default, where the profile allows it)")
-    g.add_argument("--deadline", help="the run must finish within this run time, e.g. 30m")
+    g.add_argument("--deadline", help="the run must finish within this run time, e.g. 30m: "
+                   "the cheapest allocation that does (default: the cheapest within the "
+                   "profile's tolerance, 5%%, of the fastest)")
     g.add_argument("--engine", choices=["mpi", "local", "dask", "ray"],
                    help="engine inside the job (default: the profile's, mpi); dask and ray: "
                    "the job starts that cluster across its allocation first")

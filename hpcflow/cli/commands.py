@@ -254,12 +254,13 @@ def _overrides(args: argparse.Namespace) -> Any:
         except ValueError as exc:
             raise SpecError(str(exc), field=f"--{name.replace('_', '-')}") from None
 
-    for name in ("nodes", "ntasks_per_node", "cpus_per_task"):
+    for name in ("nodes", "ntasks", "ntasks_per_node", "cpus_per_task"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SpecError("must be at least 1", field=f"--{name.replace('_', '-')}")
     no_time = (args.time or "").strip().lower() == "none"
     return Overrides(
-        partition=args.partition, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
+        partition=args.partition, nodes=args.nodes, ntasks=args.ntasks,
+        ntasks_per_node=args.ntasks_per_node,
         cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
         memory=parsed("mem", parse_memory), time=None if no_time else parsed("time", parse_time),
         no_time=no_time, deadline=parsed("deadline", parse_time), engine=args.engine)

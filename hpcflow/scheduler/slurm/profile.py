@@ -60,6 +60,10 @@ class Partition(_Model):
     memory_per_node: str = Field(description="Memory a job may use per node: '9000M', '256G'.")
     gpus_per_node: int = Field(0, ge=0)
     max_time: str | None = Field(None, description="MaxTime: 'HH:MM:SS', 'D-HH:MM:SS'; null: none.")
+    whole_nodes: bool = Field(False, description=(
+        "The site allocates (and charges) whole nodes here: `scontrol show partition` says "
+        "OverSubscribe=EXCLUSIVE, or the site's docs say nodes are not shared. The sizing "
+        "then takes every core of each node and counts cost in node-hours."))
 
     @field_validator("memory_per_node", mode="before")
     @classmethod
@@ -153,9 +157,19 @@ class Profile(_Model):
     cluster_start_timeout: int = Field(300, ge=10, le=3600, description=(
         "dask / ray: seconds for the scheduler or head and every worker to join; else the "
         "job stops before the run."))
-    signal_grace: int = Field(120, ge=10, le=3600, description="USR1 this many s before the limit.")
-    margin_fraction: float = Field(0.10, ge=0, le=10)
-    margin_seconds: int = Field(60, ge=0)
+    signal_grace: int = Field(120, ge=10, le=3600, description=(
+        "The most seconds before the limit that USR1 is asked for; the sizing asks for less "
+        "when the tasks are short (their longest estimate + the stop grace)."))
+    margin_fraction: float = Field(0.10, ge=0, le=10, description=(
+        "Safety margin on the predicted makespan in the requested time: this fraction of it, "
+        "or margin_seconds, whichever is more."))
+    margin_seconds: int = Field(30, ge=0, description=(
+        "The smallest safety margin, in seconds (see margin_fraction)."))
+    startup_seconds: int = Field(15, ge=0, le=3600, description=(
+        "What the job spends before the first task starts (launch, imports, MPI start-up)."))
+    tolerance: float = Field(0.05, ge=0, le=1, description=(
+        "The sizing takes the cheapest candidate whose predicted makespan is within this "
+        "fraction of the fastest candidate's."))
     test_only: bool = Field(True, description="Check requests with sbatch --test-only first.")
 
     def partition(self, name: str | None = None) -> Partition:
@@ -247,12 +261,14 @@ def resolve_profile(path: str | None = None) -> tuple[Profile, str]:
 
 def discover(run: Runner = run_slurm, name: str = "cluster") -> Profile:
     """A profile from what the cluster says: ``scontrol show partition -o`` (names, max
-    time, node count, default), ``sinfo`` (node shapes: the smallest where they differ)
-    and ``scontrol show config`` (cons_tres or not: how to ask for GPUs)."""
+    time, node count, default, ``OverSubscribe=EXCLUSIVE``: whole nodes), ``sinfo`` (node
+    shapes: the smallest where they differ) and ``scontrol show config`` (cons_tres or
+    not: how to ask for GPUs; ``select/linear``: whole nodes everywhere)."""
     parts = _partition_records(run(["scontrol", "show", "partition", "-o"]).stdout)
     shapes = _node_shapes(run(["sinfo", "-h", "-o", "%R|%c|%m|%G"]).stdout)
     config = dict(_pairs(run(["scontrol", "show", "config"]).stdout.replace(" = ", "=")))
     partitions, default = [], None
+    exclusive = config.get("SelectType", "").endswith("linear")  # whole nodes, always
     for rec in parts:
         shape = shapes.get(rec.get("PartitionName", ""))
         if shape is None or not _is_plain_name(rec["PartitionName"]):
@@ -261,7 +277,9 @@ def discover(run: Runner = run_slurm, name: str = "cluster") -> Profile:
         partitions.append(Partition(
             name=rec["PartitionName"], nodes=max(1, int(rec.get("TotalNodes", "1") or 1)),
             cores_per_node=shape[0], memory_per_node=f"{shape[1]}M", gpus_per_node=shape[2],
-            max_time=None if max_time.upper() in ("UNLIMITED", "INFINITE") else max_time))
+            max_time=None if max_time.upper() in ("UNLIMITED", "INFINITE") else max_time,
+            whole_nodes=rec.get("OverSubscribe", "").upper().startswith("EXCLUSIVE")
+            or exclusive))
         if rec.get("Default") == "YES":
             default = rec["PartitionName"]
     if not partitions:

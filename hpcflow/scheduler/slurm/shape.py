@@ -1,7 +1,8 @@
 """What one allocation looks like, and the worker slots the engine finds in it.
 
-:func:`shape_for` gives the allocation :mod:`.sizing` considers on a given number of
-nodes (the rules are in :mod:`.sizing`'s docstring); :func:`allocation_slots` turns an
+:func:`axis_for` gives the allocations :mod:`.sizing` searches on a partition, as one
+:class:`Axis` (the rules are in :mod:`.sizing`'s docstring); :func:`charged_fraction`,
+:func:`cost` and :func:`charge` say what the site charges for one; :func:`allocation_slots` turns an
 allocation into the engine's worker slots through the MPI engine's own share rules
 (:func:`hpcflow.engine.mpi.discover.share`, fed the ``SLURM_*`` values each rank would
 get), so that the simulation sees what a real run would; :func:`memory_request` and
@@ -11,6 +12,7 @@ get), so that the simulation sees what a real run would; :func:`memory_request` 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpcflow.engine.mpi.discover import Machine, NodeView, share
@@ -30,6 +32,7 @@ class Overrides:
     partition: str | None = None
     nodes: int | None = None
     ntasks_per_node: int | None = None
+    ntasks: int | None = None  # ranks in all, coordinator included
     cpus_per_task: int | None = None
     gpus_per_node: int | None = None
     memory: int | None = None  # bytes per node
@@ -65,44 +68,109 @@ class Need:
     peak_gpus: int
 
 
-def shape_for(nodes: int, part: Partition, plan: Plan, analysis: Analysis, over: Overrides) -> Shape:
-    """The allocation on ``nodes`` nodes (the rules are in :mod:`.sizing`'s docstring)."""
-    gpu_plan = analysis.demand.peak_gpus > 0
-    if gpu_plan and part.gpus_per_node and not (over.cpus_per_task or over.ntasks_per_node):
-        ntasks, cpt, gpus = _gpu_ranks(nodes, part, analysis, over)
-    else:
-        cpt = over.cpus_per_task or 1
-        need = need_of(plan, analysis, cpt)
-        full = part.cores_per_node // cpt
-        if over.ntasks_per_node:
-            ntasks = over.ntasks_per_node
-        else:
-            ntasks = min(full, max(need.useful_slots, need.max_span) + 1) if nodes == 1 else full
-        if over.gpus_per_node is not None:
-            gpus = over.gpus_per_node
-        else:
-            gpus = 0 if not gpu_plan else part.gpus_per_node if ntasks >= full else \
-                min(part.gpus_per_node, need.peak_gpus)
-    memory = over.memory or _memory(part, ntasks, cpt, need_of(plan, analysis, cpt).slot_memory)
-    return Shape(nodes, ntasks, cpt, gpus, memory)
+@dataclass(frozen=True)
+class Axis:
+    """The shapes one partition offers along one dimension: ``make(k)`` for ``lo <= k <=
+    hi``, more of the partition as ``k`` grows. ``what`` names ``k``: ``workers`` (shared
+    nodes: ranks spread evenly over the fewest nodes that hold them), ``nodes`` (whole
+    nodes, or ``--ntasks-per-node`` given) or ``GPUs`` (one rank per GPU)."""
+
+    partition: Partition
+    what: str
+    lo: int
+    hi: int
+    make: Callable[[int], Shape]
+    spread: Callable[[int, int], Shape] | None = None
+    """``spread(k, nodes)``: the same ``k`` over more nodes than ``make`` takes (tasks of
+    many ranks, or much memory, may need room on each node); None where nodes are fixed."""
 
 
-def _gpu_ranks(nodes: int, part: Partition, analysis: Analysis, over: Overrides
-               ) -> tuple[int, int, int]:
+def axis_for(part: Partition, plan: Plan, analysis: Analysis, over: Overrides, *,
+             one_node: bool = False) -> Axis:
+    """The axis the sizing searches on ``part`` (the rules are in :mod:`.sizing`'s
+    docstring); ``one_node``: the engine cannot span nodes (the local engine)."""
+    nodes = 1 if one_node else over.nodes
+    if analysis.demand.peak_gpus and part.gpus_per_node and not (
+            over.cpus_per_task or over.ntasks_per_node or over.ntasks):
+        return _gpu_axis(part, plan, analysis, over, nodes)
+    cpt = over.cpus_per_task or 1
+    need = need_of(plan, analysis, cpt)
+    per_node = part.cores_per_node // cpt
+    gpus = over.gpus_per_node or 0
+
+    def build(n: int, ntasks: int) -> Shape:
+        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, need.slot_memory))
+
+    if over.ntasks_per_node or (part.whole_nodes and not over.ntasks):
+        ntasks = over.ntasks_per_node or per_node
+        if nodes:
+            return Axis(part, "nodes", nodes, nodes, lambda n: build(n, ntasks))
+        useful = max(need.useful_slots, need.max_span) + 1
+        hi = max(math.ceil(useful / ntasks), math.ceil(analysis.demand.peak_memory / part.memory))
+        return Axis(part, "nodes", 1, max(1, min(part.nodes, hi)), lambda n: build(n, ntasks))
+
+    def over_nodes(workers: int, n: int) -> Shape:
+        return build(n, min(per_node, max(math.ceil((workers + 1) / n), need.max_span + (n == 1))))
+
+    def fewest(workers: int) -> Shape:
+        """The fewest nodes that hold the ranks, and the memory they may use at once."""
+        memory = min(workers * need.slot_memory, analysis.demand.peak_memory)
+        return over_nodes(workers, nodes or min(part.nodes, max(
+            math.ceil((workers + 1) / per_node), math.ceil(memory / part.memory))))
+
+    wider = None if nodes else over_nodes
+    if over.ntasks:  # rounded up to the same ranks on every node
+        return Axis(part, "workers", over.ntasks - 1, over.ntasks - 1, fewest)
+    capacity = (nodes or part.nodes) * per_node - 1
+    lo = min(capacity, max(1, need.max_span, (nodes or 1) - 1))
+    hi = max(lo, min(capacity, max(need.useful_slots, need.max_span)))
+    return Axis(part, "workers", lo, hi, fewest, wider)
+
+
+def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
+              nodes: int | None) -> Axis:
+    """GPUs in all, one worker rank per GPU (see :func:`_gpu_ranks`): on whole nodes the
+    axis counts nodes, each with all its GPUs."""
+    node_gpus = part.gpus_per_node
+    need = need_of(plan, analysis, 1)
+    memory_need = need_of(plan, analysis, 1).slot_memory
+
+    def build(n: int, gpus: int) -> Shape:
+        ntasks, cpt, gpus = _gpu_ranks(n, part, gpus)
+        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, memory_need))
+
+    if part.whole_nodes or over.gpus_per_node:
+        per = over.gpus_per_node or node_gpus
+        if nodes:
+            return Axis(part, "nodes", nodes, nodes, lambda n: build(n, per))
+        hi = math.ceil(max(analysis.demand.peak_gpus, need.useful_slots) / per)
+        return Axis(part, "nodes", 1, max(1, min(part.nodes, hi)), lambda n: build(n, per))
+
+    def over_nodes(total: int, n: int) -> Shape:
+        return build(n, math.ceil(total / n))
+
+    def fewest(total: int) -> Shape:
+        return over_nodes(total, nodes or math.ceil(total / node_gpus))
+
+    most = (nodes or part.nodes) * node_gpus
+    lo = min(most, max(1, analysis.demand.max_gpus * analysis.demand.max_ranks, nodes or 1))
+    hi = max(lo, min(most, max(analysis.demand.peak_gpus, need.useful_slots)))
+    return Axis(part, "GPUs", lo, hi, fewest, None if nodes else over_nodes)
+
+
+def _gpu_ranks(nodes: int, part: Partition, gpus: int) -> tuple[int, int, int]:
     """``(ranks per node, cores per rank, GPUs per node)`` for a plan that uses GPUs: one
     worker rank per GPU, so that every worker of a node gets an equal GPU share (the
-    engine's placement assumes the shares of one node are equal). On one node the
-    coordinator rank comes on top and only the GPUs of the plan's peak are asked for,
-    with cores in proportion; whole nodes give every GPU its rank (the first node's
-    coordinator takes one of them)."""
+    engine's placement assumes the shares of one node are equal), with the node's cores
+    in proportion. On one node the coordinator rank comes on top; on several, every GPU
+    gets its rank (the first node's coordinator takes one of them)."""
     cores, node_gpus = part.cores_per_node, part.gpus_per_node
+    gpus = max(1, min(node_gpus, gpus))
     if nodes == 1:
-        gpus = over.gpus_per_node or min(node_gpus, max(1, analysis.demand.peak_gpus))
         ntasks = min(cores, gpus + 1)
         return ntasks, max(1, cores * gpus // node_gpus // ntasks), gpus
-    gpus = over.gpus_per_node or node_gpus
-    ntasks = min(cores, max(1, gpus))
-    return ntasks, cores // ntasks, gpus
+    ntasks = min(cores, gpus)
+    return ntasks, cores * gpus // node_gpus // ntasks, gpus
 
 
 def _memory(part: Partition, ntasks: int, cpt: int, slot_memory: int) -> int:
@@ -111,6 +179,40 @@ def _memory(part: Partition, ntasks: int, cpt: int, slot_memory: int) -> int:
     share_of_node = part.memory * ntasks * cpt // part.cores_per_node
     memory = min(part.memory, max(share_of_node, slot_memory * ntasks))
     return max(MB, memory // MB * MB) if memory >= part.memory else math.ceil(memory / MB) * MB
+
+
+def charged_fraction(shape: Shape, part: Partition) -> float:
+    """The part of each node the site charges for: all of it on whole nodes, else the
+    largest of the cores, GPUs and memory taken (as Slurm's billing ``MAX`` counts)."""
+    if part.whole_nodes:
+        return 1.0
+    taken = shape.ntasks_per_node * shape.cpus_per_task / part.cores_per_node
+    if part.gpus_per_node:
+        taken = max(taken, shape.gpus_per_node / part.gpus_per_node)
+    return min(1.0, max(taken, shape.memory_per_node / part.memory))
+
+
+def cost_unit(shape: Shape, part: Partition) -> tuple[int, str]:
+    """``(per node, name)``: GPU-hours when GPUs are asked for, node-hours on whole
+    nodes, else core-hours."""
+    if shape.gpus_per_node and part.gpus_per_node:
+        return part.gpus_per_node, "GPU-h"
+    if part.whole_nodes:
+        return 1, "node-h"
+    return part.cores_per_node, "core-h"
+
+
+def cost(shape: Shape, part: Partition, seconds: float) -> float:
+    """What the site charges for ``shape`` held ``seconds``, in :func:`cost_unit`."""
+    return shape.nodes * charged_fraction(shape, part) * cost_unit(shape, part)[0] * seconds / 3600
+
+
+def charge(shape: Shape, part: Partition, seconds: float) -> float:
+    """:func:`cost` in a unit common to every partition of one kind: core-hours (whole
+    nodes: all their cores), GPU-hours when GPUs are asked for."""
+    per_node = part.gpus_per_node if shape.gpus_per_node and part.gpus_per_node else \
+        part.cores_per_node
+    return shape.nodes * charged_fraction(shape, part) * per_node * seconds / 3600
 
 
 def need_of(plan: Plan, analysis: Analysis, cpt: int) -> Need:

@@ -1,45 +1,56 @@
 """Choose ONE allocation for a whole workflow run by simulating the engine on it.
 
 A run is one batch job (pilot model): the engine, not Slurm, places tasks on the job's
-ranks, so the right request is the one whose *simulated* run is best. For each
-candidate node count this module builds the worker slots the MPI engine would find in
-that allocation (the engine's own share rules, :func:`hpcflow.engine.mpi.discover.share`,
-fed the ``SLURM_*`` values the job would get; rank 0 is the coordinator and takes one
-rank's cores on the first node) and replays the plan on them with
-:func:`hpcflow.plan.simulate.simulate`, the engine's own placement policy.
+ranks, so the right request is the one whose *simulated* run is best. Each candidate's
+worker slots are the ones the MPI engine would find in that allocation (the engine's own
+share rules fed the ``SLURM_*`` values the job would get; rank 0 is the coordinator),
+and the plan is replayed on them with :func:`hpcflow.plan.simulate.simulate`, the
+engine's own placement policy.
 
-The shape of a candidate on ``n`` nodes of ``C`` cores:
+**Shapes** (:func:`.shape.axis_for`), on each partition every task fits (a plan without
+GPUs stays off GPU partitions when a CPU one fits; ``--partition`` names one):
 
-- ``cpus-per-task`` is 1 (override: ``--cpus-per-task``). A task needing more cores
-  holds several one-core ranks on one node (the engine's span rule), so the coordinator
-  costs one core, not one task's worth, and nothing is lost to rounding;
-- ``ntasks-per-node`` is ``C`` (whole nodes), except on a single node, where it is only
-  as many ranks as the plan can ever use at once (its ASAP peak, plus the coordinator);
-- a plan that uses GPUs gets one worker rank per GPU instead (``C / GPUs`` cores each),
-  so that every worker of a node holds an equal GPU share: the engine's placement
-  assumes the shares on one node are equal, and more ranks than GPUs would leave some
-  ranks without one. Whole nodes take all their GPUs; one node alone only the GPUs of
-  the plan's peak (plus the coordinator rank), with cores in proportion;
-- memory: the node's memory in proportion to the cores taken (all of it for whole
-  nodes), more if the tasks need more per core; never more than the node has.
+- shared nodes: any number of one-core worker ranks (``--cpus-per-task`` for more),
+  spread evenly over the fewest nodes that hold them (``--nodes``, ``--ntasks-per-node``
+  and ``--cpus-per-task`` per node), memory in proportion to the cores taken, more if
+  the tasks need more per rank. A task needing more cores holds several ranks of one
+  node (the engine's span rule), so nothing is lost to rounding;
+- whole nodes (``whole_nodes: true`` in the profile): every core of each node as a rank;
+  the node count varies;
+- a plan that uses GPUs: one worker rank per GPU, with the node's cores and memory in
+  proportion (the engine's placement assumes equal shares on a node); the number of
+  GPUs varies, over the fewest nodes that hold them (whole nodes: all their GPUs).
 
-**Policy.** A candidate *fits* when its requested time, the makespan plus a safety
-margin (``margin_fraction`` 10% + ``margin_seconds`` 60 s, rounded up to a minute;
-profile settings), is within the limit: the partition's max time, ``--deadline`` (run
-time, queue wait not counted) or ``--time``, whichever is smallest. Of those that fit,
-the one with the fewest node-hours (nodes x the fraction of each node taken x the
-makespan) wins; ties go to fewer nodes. Node counts tried: 1 to 8, then steps of about
-1.5x, up to the partition's node count, stopping once more nodes cannot help (the
-makespan reached the critical path, or past the plan's ASAP peak a step gained
-nothing). Nothing fitting is a :class:`SizingError` with the numbers and the
-continuation-chain proposal; a task that fits no node of the partition is a
-:class:`ResourceError` naming it.
+**Cost** is what the site charges (:func:`.shape.cost`): core-hours of the cores,
+memory or GPUs taken (the largest share, as Slurm's billing counts), node-hours on
+whole nodes, GPU-hours when GPUs are asked for.
+
+**Policy.** The fastest candidate is the one with the smallest predicted makespan over
+every shape searched; by default the choice is the cheapest candidate whose makespan is
+within the profile's ``tolerance`` (5%) of it and whose requested time fits the limit
+(the partition's max time, ``--deadline`` or ``--time``, whichever is smallest). With
+``--deadline`` the choice is the cheapest that fits it, however slower than the fastest.
+Ties go to the default partition, then fewer nodes, then the shorter makespan. The
+search (:mod:`.front`) simulates a doubling grid of each axis and bisects where the
+curve crosses the goal, so about ``2 log2(k)`` simulations per partition.
+
+**Time.** The request is the predicted makespan plus its margin (``margin_fraction``
+of it, at least ``margin_seconds``), plus what the job spends before the first task
+(``startup_seconds``) and at its end (the engine's stop grace before the limit, and the
+slack a last task needs: :data:`hpcflow.engine.walltime.GRACE` and ``MARGIN``), each
+counted once, rounded up to Slurm's minute. Slurm's USR1 is only a warning where the
+engine knows the job's end, so its lead is not added; it is asked for the tasks' longest
+estimate plus the stop grace ahead (at most the profile's ``signal_grace``), what a
+drain needs where the end is not known.
+
+No candidate fitting the partition's max time gives a continuation chain of jobs (each
+resumes the run); fitting no deadline or ``--time`` is a :class:`SizingError` naming
+the fastest candidate; a task that fits no node is a :class:`ResourceError` naming it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hpcflow.errors import ResourceError
@@ -47,35 +58,46 @@ from hpcflow.model.resources import DEFAULT_TIME_ESTIMATE, format_memory, format
 from hpcflow.plan.analyse import Analysis
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.simulate import lower_bound, simulate
+from hpcflow.scheduler.slurm import front
 from hpcflow.scheduler.slurm.errors import SizingError
 from hpcflow.scheduler.slurm.profile import Partition, Profile
-from hpcflow.scheduler.slurm.shape import Need, Overrides, Shape, allocation_slots, need_of, shape_for
+from hpcflow.scheduler.slurm.shape import (
+    Axis,
+    Overrides,
+    Shape,
+    allocation_slots,
+    axis_for,
+    charge,
+    cost,
+    cost_unit,
+)
 
-__all__ = ["Candidate", "Overrides", "Shape", "Sizing", "requested_time", "size"]
-
-TOLERANCE = 0.02
-"""Node-hours within 2% of the fewest count as equal, and fewer nodes win: the estimates
-are not that precise, and a smaller job starts sooner."""
-
+__all__ = ["Candidate", "Overrides", "Shape", "Sizing", "requested_time", "signal_lead", "size"]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One node count: simulated (``makespan``), or not worth simulating (``bound``, a
-    lower bound of its makespan, says why) or not possible (``note`` says why)."""
+    """One allocation: simulated (``makespan``), ruled out by its lower bound (``bound``)
+    or not possible (``note`` says why). ``cost`` is in ``unit`` (core-h, node-h, GPU-h);
+    ``charge`` compares partitions; ``efficiency`` is the work over what is charged."""
 
+    partition: Partition
     shape: Shape
-    makespan: float | None  # None: not simulated or the plan does not fit (see note)
-    time: float | None  # makespan + margin, rounded up to a minute
-    node_hours: float | None
+    makespan: float | None
+    time: float | None
+    cost: float | None
+    unit: str
     fits: bool
     note: str = ""
     bound: float | None = None
+    efficiency: float | None = None
+    charge: float | None = None
 
 
 @dataclass(frozen=True)
 class Sizing:
-    """The candidates, the choice and why; ``time`` is what ``--time`` says (None: omitted)."""
+    """The front searched, the choice and why; ``time`` is what ``--time`` says (None:
+    omitted); ``signal_lead`` the seconds of ``--signal=B:USR1@``."""
 
     partition: Partition
     candidates: tuple[Candidate, ...]
@@ -88,6 +110,8 @@ class Sizing:
     chain_jobs: int = 1
     """More than 1: no allocation finishes in time, so the run continues in about this many
     jobs of ``time`` each, every one resuming where the last stopped (walltime.py)."""
+    fastest: Candidate | None = None
+    signal_lead: int = 60
 
     @property
     def shape(self) -> Shape:
@@ -97,41 +121,205 @@ class Sizing:
 def size(plan: Plan, analysis: Analysis, profile: Profile, over: Overrides | None = None) -> Sizing:
     """The allocation to request for ``plan`` (see the module docstring for the policy)."""
     over = over or Overrides()
-    part = profile.partition(over.partition)
-    limit, source = _limit(part, over, profile)
-    _check_options(part, over)
-    _check_tasks_fit(plan, part, over.cpus_per_task or 1, over.ntasks_per_node)
-    candidates = _candidates(plan, analysis, profile, part, over, limit)
-    fitting = [c for c in candidates if c.fits]
+    parts = _partitions(plan, profile, over)
+    limit, source = _limit(parts, over, profile)
+    search = _Search(plan, analysis, profile, over, parts, limit)
     warnings = _estimate_warnings(plan)
-    if not fitting:
-        if not (over.nodes and over.time) or candidates[0].makespan is None:
-            return _chain(plan, part, candidates, limit, source, profile, warnings)
-        warnings += (f"the run is estimated to need {format_slurm_time(candidates[0].time or 0)}, "
+    lead = signal_lead(plan, profile)
+    good = [c for c in search.candidates if c.fits and search.good(c)]
+    if not good:
+        if not (over.nodes and over.time) or search.fastest is None:
+            return _chain(plan, search, limit, source, profile, warnings, lead)
+        warnings += (f"the run is estimated to need {format_slurm_time(search.fastest.time or 0)}, "
                      f"more than --time {format_slurm_time(over.time)}: it may be stopped",)
-        fitting = list(candidates)
-    chosen = _choose(fitting)
+        good = [search.fastest]
+    chosen = min(good, key=search.rank)
     time = None if over.no_time else (over.time or chosen.time)
-    reason = _reason(chosen, candidates, over, profile, limit, source)
-    return Sizing(part, candidates, chosen, time, limit, source, reason, warnings)
+    reason = _reason(chosen, search, over, profile, limit, source)
+    return Sizing(chosen.partition, search.candidates, chosen, time, limit, source, reason,
+                  warnings, fastest=search.fastest, signal_lead=lead)
 
 
 def requested_time(makespan: float, profile: Profile) -> float:
-    """Makespan plus the profile's margin, rounded up to whole minutes (Slurm's unit)."""
-    padded = round(makespan * (1 + profile.margin_fraction) + profile.margin_seconds, 6)
-    return max(60.0, math.ceil(padded / 60) * 60.0)  # round(): 3000 * 1.1 is 3300.0000000000005
+    """The ``--time`` for a predicted makespan (see the module docstring), whole minutes."""
+    from hpcflow.engine.walltime import GRACE, MARGIN
+
+    margin = max(makespan * profile.margin_fraction, profile.margin_seconds)
+    padded = round(profile.startup_seconds + makespan + margin + GRACE + MARGIN, 6)
+    return max(60.0, math.ceil(padded / 60) * 60.0)
 
 
-def _limit(part: Partition, over: Overrides, profile: Profile) -> tuple[float | None, str]:
+def usable_time(limit: float, profile: Profile) -> float:
+    """Of a job of ``limit`` seconds, the time tasks can run (start-up and end taken off)."""
+    from hpcflow.engine.walltime import GRACE, MARGIN
+
+    return max(1.0, limit - profile.startup_seconds - GRACE - MARGIN)
+
+
+def signal_lead(plan: Plan, profile: Profile) -> int:
+    """Seconds before the limit to ask for USR1: the longest task estimate plus the stop
+    grace (what draining needs where the engine knows no end), within 30 s and the
+    profile's ``signal_grace``."""
+    from hpcflow.engine.walltime import GRACE
+
+    longest = float(plan.time.max()) if plan.n else 0.0
+    return int(min(profile.signal_grace, max(30, math.ceil(longest + GRACE))))
+
+
+class _Search:
+    """The candidates simulated on every partition's axis, the fastest, and the goal."""
+
+    def __init__(self, plan: Plan, analysis: Analysis, profile: Profile, over: Overrides,
+                 parts: list[Partition], limit: float | None) -> None:
+        self.plan, self.analysis, self.profile, self.over = plan, analysis, profile, over
+        self.limit, self.default = limit, profile.partition().name
+        self.deadline = over.deadline is not None
+        one_node = (over.engine or profile.engine) == "local"
+        self.axes = [axis_for(p, plan, analysis, over, one_node=one_node) for p in parts]
+        self.seen: dict[tuple[str, Shape], Candidate] = {}
+        self.fastest: Candidate | None = None
+        for axis in self.axes:
+            self._top(axis)
+        self.fastest = self._fastest()
+        for axis in self.axes:
+            front.threshold(front.grid(axis), lambda k, a=axis: self.good(self.at(a, k)))
+        self.fastest = self._fastest()
+        self.candidates = tuple(sorted(self.seen.values(), key=self._order))
+
+    def at(self, axis: Axis, k: int) -> Candidate:
+        return self._at_shape(axis.partition, axis.make(k))
+
+    def _at_shape(self, part: Partition, shape: Shape) -> Candidate:
+        key = (part.name, shape)
+        if key not in self.seen:
+            self.seen[key] = self._evaluate(part, shape)
+        return self.seen[key]
+
+    def _top(self, axis: Axis) -> None:
+        """The axis's top, then the same over more nodes while that is faster (tasks of
+        many ranks or much memory need room on each node, not only ranks in all)."""
+        best = self.at(axis, axis.hi)
+        if axis.spread is None:
+            return
+        nodes = best.shape.nodes
+        for n in (nodes + 1, nodes + 2, nodes * 2, nodes * 4):
+            if n > axis.partition.nodes or (best.makespan is None and best.note.startswith("not")):
+                break
+            wide = self._at_shape(axis.partition, axis.spread(axis.hi, n))
+            if wide.makespan is None or (best.makespan is not None and
+                                         wide.makespan >= best.makespan * (1 - 1e-9)):
+                break
+            best = wide
+
+    def good(self, c: Candidate) -> bool:
+        """Fits the limit and, without a deadline, is within the tolerance of the fastest."""
+        if not c.fits:
+            return False
+        if self.deadline or self.fastest is None or self.fastest.makespan is None:
+            return True
+        return (c.makespan or 0.0) <= self.fastest.makespan * (1 + self.profile.tolerance) + 1e-9
+
+    def rank(self, c: Candidate) -> tuple[float, bool, int, float]:
+        return (round(c.charge or 0.0, 9), c.partition.name != self.default, c.shape.nodes,
+                c.makespan or 0.0)
+
+    def _fastest(self) -> Candidate | None:
+        timed = [c for c in self.seen.values() if c.makespan is not None]
+        return min(timed, key=lambda c: (c.makespan, *self.rank(c))) if timed else None
+
+    def _order(self, c: Candidate) -> tuple[int, int, int, int]:
+        s = c.shape
+        return ([a.partition.name for a in self.axes].index(c.partition.name), s.nodes,
+                s.nodes * s.ntasks_per_node, s.gpus_per_node)
+
+    def _evaluate(self, part: Partition, shape: Shape) -> Candidate:
+        """Simulate unless the lower bound rules the shape out; cost, time, efficiency."""
+        unit = cost_unit(shape, part)[1]
+        if shape.workers < 1:
+            return Candidate(part, shape, None, None, None, unit, False,
+                             "no rank left for a worker beside the coordinator")
+        bound = lower_bound(self.plan, self.analysis, shape.workers * shape.cpus_per_task)
+        ruled_out = self._ruled_out(bound, part)
+        if ruled_out:
+            return Candidate(part, shape, None, None, None, unit, False, ruled_out, bound)
+        try:
+            makespan = simulate(self.plan, self.analysis,
+                                allocation_slots(shape, part, self.profile.memory)).makespan
+        except ResourceError as exc:
+            return Candidate(part, shape, None, None, None, unit, False, f"does not fit: {exc}")
+        time = requested_time(makespan, self.profile)
+        limit = self._limit_of(part)
+        fits = limit is None or time <= limit
+        return Candidate(part, shape, makespan, time, cost(shape, part, makespan), unit, fits,
+                         "" if fits else "over the limit", None,
+                         _efficiency(self.plan, shape, part, makespan), charge(shape, part, makespan))
+
+    def _limit_of(self, part: Partition) -> float | None:
+        """The search's limit, or the partition's own max time where that is shorter."""
+        limits = [x for x in (self.limit, part.max_seconds) if x is not None]
+        return min(limits) if limits else None
+
+    def _ruled_out(self, bound: float, part: Partition) -> str:
+        """Why a shape need not be simulated (its lower bound cannot be good), or ''.
+        Nothing is ruled out before the fastest is known, so a chain has its figures."""
+        fastest = self.fastest
+        if fastest is None or fastest.makespan is None:
+            return ""
+        limit = self._limit_of(part)
+        if fastest.fits and limit is not None and requested_time(bound, self.profile) > limit:
+            return "not simulated: even its lower bound is over the limit"
+        if not self.deadline and bound > fastest.makespan * (1 + self.profile.tolerance) + 1e-9:
+            return "not simulated: even its lower bound is not within the tolerance"
+        return ""
+
+
+def _efficiency(plan: Plan, shape: Shape, part: Partition, makespan: float) -> float | None:
+    """The work (core- or GPU-seconds) over what the candidate is charged for."""
+    if makespan <= 0:
+        return None
+    weight = plan.gpus if cost_unit(shape, part)[1] == "GPU-h" else plan.cores
+    work = float((plan.time * weight.astype("int64") * plan.ranks).sum())
+    held = charge(shape, part, makespan) * 3600
+    return min(1.0, work / held) if held else None
+
+
+def _partitions(plan: Plan, profile: Profile, over: Overrides) -> list[Partition]:
+    """The partitions to search: the one named, else each the tasks fit (CPU partitions
+    first for a plan without GPUs); the default partition's refusal is the error."""
+    if over.partition:
+        part = profile.partition(over.partition)
+        _check_options(part, over)
+        _check_tasks_fit(plan, part, over)
+        return [part]
+    default = profile.partition()
+    fitting = []
+    for part in profile.partitions:
+        try:
+            _check_options(part, over)
+            _check_tasks_fit(plan, part, over)
+        except (SizingError, ResourceError):
+            continue
+        fitting.append(part)
+    if not fitting:
+        _check_options(default, over)
+        _check_tasks_fit(plan, default, over)
+    uses_gpus = bool(plan.n) and int(plan.gpus.max()) > 0
+    cpu_only = [p for p in fitting if not p.gpus_per_node]
+    chosen = cpu_only if not uses_gpus and cpu_only else fitting
+    return sorted(chosen, key=lambda p: p.name != default.name)
+
+
+def _limit(parts: list[Partition], over: Overrides, profile: Profile) -> tuple[float | None, str]:
     """The time the request must fit in, and where that limit comes from."""
-    max_s = part.max_seconds
     if over.no_time and profile.time_required:
         raise SizingError(f"profile '{profile.name}' says this site requires --time "
                           "(time_required: true); --time none is not allowed")
+    longest = max(parts, key=lambda p: p.max_seconds if p.max_seconds is not None else math.inf)
+    max_s = longest.max_seconds
     if over.time is not None and max_s is not None and over.time > max_s:
         raise SizingError(f"--time {format_slurm_time(over.time)} exceeds the max time "
-                          f"{format_slurm_time(max_s)} of partition '{part.name}'")
-    limits = [(max_s, f"partition {part.name}'s max time"), (over.deadline, "--deadline"),
+                          f"{format_slurm_time(max_s)} of partition '{longest.name}'")
+    limits = [(max_s, f"partition {longest.name}'s max time"), (over.deadline, "--deadline"),
               (over.time, "--time")]
     given = [(value, why) for value, why in limits if value is not None]
     return min(given) if given else (None, "no limit")
@@ -140,11 +328,15 @@ def _limit(part: Partition, over: Overrides, profile: Profile) -> tuple[float | 
 def _check_options(part: Partition, over: Overrides) -> None:
     """Options must fit the partition's nodes (Slurm would refuse or queue them forever)."""
     cores = (over.ntasks_per_node or 1) * (over.cpus_per_task or 1)
+    per_node = part.cores_per_node // (over.cpus_per_task or 1)
     problems = [
         (over.nodes is not None and over.nodes > part.nodes, f"--nodes {over.nodes}",
          f"{part.nodes} node(s)"),
         (cores > part.cores_per_node, f"--ntasks-per-node x --cpus-per-task = {cores} cores",
          f"{part.cores_per_node} cores per node"),
+        (over.ntasks is not None and over.ntasks > (over.nodes or part.nodes) * per_node,
+         f"--ntasks {over.ntasks}", f"{(over.nodes or part.nodes) * per_node} ranks of "
+         f"{over.cpus_per_task or 1} core(s) on {over.nodes or part.nodes} node(s)"),
         ((over.gpus_per_node or 0) > part.gpus_per_node, f"--gpus-per-node {over.gpus_per_node}",
          f"{part.gpus_per_node} GPUs per node"),
         ((over.memory or 0) > part.memory, f"--mem {format_memory(over.memory or 0)}",
@@ -153,10 +345,13 @@ def _check_options(part: Partition, over: Overrides) -> None:
     for wrong, asked, has in problems:
         if wrong:
             raise SizingError(f"{asked} is more than partition '{part.name}' has ({has})")
+    if over.ntasks is not None and over.ntasks < 2:
+        raise SizingError("--ntasks must be at least 2: the coordinator and one worker")
 
 
-def _check_tasks_fit(plan: Plan, part: Partition, cpt: int, ntasks: int | None) -> None:
+def _check_tasks_fit(plan: Plan, part: Partition, over: Overrides) -> None:
     """Every task must fit on one node of the partition (a clear error naming it)."""
+    cpt, ntasks = over.cpus_per_task or 1, over.ntasks_per_node
     if cpt > part.cores_per_node:
         raise SizingError(f"--cpus-per-task {cpt} is more than the {part.cores_per_node} cores "
                           f"per node of partition '{part.name}'")
@@ -176,163 +371,78 @@ def _check_tasks_fit(plan: Plan, part: Partition, cpt: int, ntasks: int | None) 
                 + (f" and {ranks_per_node} ranks of {cpt} core(s)" if ntasks or cpt > 1 else "")))
 
 
-def _node_counts(part: Partition) -> Iterator[int]:
-    """Node counts worth simulating: 1..8, then ~1.5x steps, at most the partition's."""
-    n = 0
-    while n < part.nodes:
-        n = n + 1 if n < 8 else min(part.nodes, math.ceil(n * 1.5))
-        yield n
-
-
-def _enough_nodes(analysis: Analysis, part: Partition, need: Need) -> int:
-    """Nodes the plan's ASAP peak could use (cores, memory or GPUs), coordinator included."""
-    demand = analysis.demand
-    return max(math.ceil((need.useful_slots + 1) / part.cores_per_node),
-               math.ceil(demand.peak_memory / part.memory),
-               math.ceil(demand.peak_gpus / part.gpus_per_node) if part.gpus_per_node else 1)
-
-
-def _candidates(plan: Plan, analysis: Analysis, profile: Profile, part: Partition,
-                over: Overrides, limit: float | None) -> tuple[Candidate, ...]:
-    """Grow the node count until more nodes cannot help: the makespan reached the critical
-    path, past the plan's ASAP peak a step brought no gain, or the critical path alone
-    costs more node-hours than the best so far. A count whose lower bound cannot fit the
-    limit or beat the best is listed without being simulated."""
-    def shaped(n: int) -> Shape:
-        return shape_for(n, part, plan, analysis, over)
-
-    if over.nodes or (over.engine or profile.engine) == "local":
-        return (_evaluate(plan, analysis, profile, part, shaped(over.nodes or 1), limit),)
-    enough = _enough_nodes(analysis, part, need_of(plan, analysis, 1))
-    out: list[Candidate] = []
-    best: float | None = None  # fewest node-hours of a fitting candidate so far
-    for n in _node_counts(part):
-        shape = shaped(n)
-        skipped = _not_worth_it(plan, analysis, profile, part, shape, limit, best)
-        if skipped is not None:
-            out.append(skipped)
-            if best is not None and n * _fraction(shape, part) * analysis.critical_time / 3600 \
-                    >= best * (1 - TOLERANCE):
-                break  # the critical path alone: no larger count can do better
-            continue
-        cand = _evaluate(plan, analysis, profile, part, shape, limit)
-        previous = next((c.makespan for c in reversed(out) if c.makespan is not None), None)
-        out.append(cand)
-        if cand.makespan is None:
-            continue
-        if cand.fits and (best is None or (cand.node_hours or 0.0) < best):
-            best = cand.node_hours
-        if cand.makespan <= analysis.critical_time * (1 + 1e-9):
-            break
-        if n >= enough and previous is not None and cand.makespan >= previous * (1 - 1e-9):
-            break
-    return tuple(out)
-
-
-def _not_worth_it(plan: Plan, analysis: Analysis, profile: Profile, part: Partition, shape: Shape,
-                  limit: float | None, best: float | None) -> Candidate | None:
-    """A listed-only candidate when even its makespan's lower bound (critical path, or all
-    the work spread over its cores: :func:`lower_bound`) cannot fit or cannot beat ``best``."""
-    if shape.workers < 1:
-        return None
-    bound = lower_bound(plan, analysis, shape.workers * shape.cpus_per_task)
-    if limit is not None and requested_time(bound, profile) > limit:
-        return Candidate(shape, None, None, None, False, "not simulated: even its lower bound "
-                         "is over the limit", bound)
-    if best is not None and shape.nodes * _fraction(shape, part) * bound / 3600 >= best * (1 - TOLERANCE):
-        return Candidate(shape, None, None, None, False, "not simulated: even its lower bound "
-                         "saves no node-hours", bound)
-    return None
-
-
-def _fraction(shape: Shape, part: Partition) -> float:
-    """The part of each node the job takes (its cores)."""
-    return min(1.0, shape.ntasks_per_node * shape.cpus_per_task / part.cores_per_node)
-
-
-def _choose(fitting: list[Candidate]) -> Candidate:
-    """Fewest node-hours; within :data:`TOLERANCE` of it, fewer nodes, then shorter."""
-    least = min(c.node_hours or 0.0 for c in fitting)
-    near = [c for c in fitting if (c.node_hours or 0.0) <= least * (1 + TOLERANCE) + 1e-12]
-    return min(near, key=lambda c: (c.shape.nodes, c.makespan or 0.0))
-
-
-def _evaluate(plan: Plan, analysis: Analysis, profile: Profile, part: Partition, shape: Shape,
-              limit: float | None) -> Candidate:
-    """Simulate the plan on ``shape``; its requested time, node-hours and whether it fits."""
-    if shape.workers < 1:
-        return Candidate(shape, None, None, None, False,
-                         "no rank left for a worker beside the coordinator")
-    try:
-        makespan = simulate(plan, analysis, allocation_slots(shape, part, profile.memory)).makespan
-    except ResourceError as exc:
-        return Candidate(shape, None, None, None, False, f"does not fit: {exc}")
-    time = requested_time(makespan, profile)
-    fits = limit is None or time <= limit
-    return Candidate(shape, makespan, time, shape.nodes * _fraction(shape, part) * makespan / 3600,
-                     fits, "" if fits else "over the limit")
-
-
-def _reason(chosen: Candidate, candidates: tuple[Candidate, ...], over: Overrides,
-            profile: Profile, limit: float | None, source: str) -> str:
-    margin = f"+ {profile.margin_fraction:.0%} + {profile.margin_seconds} s"
+def _reason(chosen: Candidate, search: _Search, over: Overrides, profile: Profile,
+            limit: float | None, source: str) -> str:
     within = f"fits {format_slurm_time(limit)} ({source})" if limit is not None else "(no limit)"
-    if over.nodes:
-        return f"--nodes {over.nodes} was given; its makespan {margin} {within}"
-    if len(candidates) == 1:
-        return f"the only candidate; its makespan {margin} {within}"
-    return (f"fewest node-hours (within {TOLERANCE:.0%}: then fewer nodes) among the candidates "
-            f"whose makespan {margin} {within}")
+    fixed = [f"--{name.replace('_', '-')} {value}" for name, value in
+             (("nodes", over.nodes), ("ntasks", over.ntasks),
+              ("ntasks_per_node", over.ntasks_per_node)) if value]
+    fast = search.fastest
+    speed = (f"{chosen.makespan / fast.makespan:.2f}x the fastest's makespan "
+             f"({format_slurm_time(fast.makespan)} on {_label(fast)})"
+             if fast and fast.makespan and chosen.makespan is not None else "")
+    cost_text = f"{chosen.cost:.3g} {chosen.unit}" if chosen.cost is not None else "?"
+    if len(search.candidates) == 1:
+        given = f"{' '.join(fixed)} given: " if fixed else ""
+        return f"{given}the only candidate; {cost_text}; {within}"
+    if search.deadline:
+        return f"the cheapest ({cost_text}) that finishes by --deadline; {speed}; {within}"
+    scope = f"with {' '.join(fixed)} " if fixed else ""
+    return (f"the cheapest ({cost_text}) {scope}within {profile.tolerance:.0%} of the fastest: "
+            f"{speed}; {within}")
 
 
-def _chain(plan: Plan, part: Partition, candidates: tuple[Candidate, ...], limit: float | None,
-           source: str, profile: Profile, warnings: tuple[str, ...]) -> Sizing:
+def _label(c: Candidate) -> str:
+    s = c.shape
+    return f"{s.nodes} node(s) x {s.ntasks_per_node} ranks" + (
+        f" x {s.gpus_per_node} GPU(s)" if s.gpus_per_node else "")
+
+
+def _chain(plan: Plan, search: _Search, limit: float | None, source: str, profile: Profile,
+           warnings: tuple[str, ...], lead: int) -> Sizing:
     """When no allocation finishes within the partition's max time: a continuation chain of
-    jobs of that time each, unless a deadline or --time set the limit (a chain cannot meet
-    those) or one task alone is longer than a job."""
-    error = _nothing_fits(plan, part, candidates, limit, source, profile)
-    timed = [c for c in candidates if c.makespan is not None or c.bound is not None]
-    too_long = bool(plan.n) and limit is not None and float(plan.time.max()) > limit
+    jobs of that time each (the knee ignoring the limit), unless a deadline or --time set
+    the limit (a chain cannot meet those) or one task alone is longer than a job."""
+    error = _nothing_fits(plan, search, limit, source, profile)
+    timed = [c for c in search.candidates if c.makespan is not None]
+    too_long = bool(plan.n) and limit is not None and float(plan.time.max()) > usable_time(limit, profile)
     if not timed or not source.startswith("partition") or too_long or limit is None:
         raise error
-
-    def estimate(c: Candidate) -> float:
-        return c.makespan if c.makespan is not None else c.bound or 0.0
-
-    chosen = min(timed, key=lambda c: (estimate(c) * c.shape.nodes, c.shape.nodes))
-    jobs = math.ceil(requested_time(estimate(chosen), profile) / limit)
+    fastest = min(c.makespan or 0.0 for c in timed)
+    near = [c for c in timed if (c.makespan or 0.0) <= fastest * (1 + profile.tolerance) + 1e-9]
+    chosen = min(near, key=search.rank)
+    jobs = math.ceil((chosen.makespan or 0.0) * (1 + profile.margin_fraction)
+                     / usable_time(limit, profile))
     reason = (f"no allocation finishes within {format_slurm_time(limit)} ({source}): the run "
               f"continues in a chain of about {jobs} jobs of {format_slurm_time(limit)}, each "
-              "resuming where the last stopped; fewest estimated node-hours among the candidates")
-    return Sizing(part, candidates, chosen, limit, limit, source, reason, warnings, jobs)
+              f"resuming where the last stopped; the cheapest within {profile.tolerance:.0%} of "
+              "the fastest")
+    return Sizing(chosen.partition, search.candidates, chosen, limit, limit, source, reason,
+                  warnings, max(2, jobs), search.fastest, lead)
 
 
-def _nothing_fits(plan: Plan, part: Partition, candidates: tuple[Candidate, ...],
-                  limit: float | None, source: str, profile: Profile) -> Exception:
-    """The error when no candidate fits: the numbers, and what would (a chain of jobs)."""
-    timed = [(c.time, c.makespan, "is estimated at") if c.time is not None else
-             (requested_time(c.bound, profile), c.bound, "needs at least")
-             for c in candidates if c.time is not None or c.bound is not None]
-    if not timed:
-        note = candidates[0].note.removeprefix("does not fit: ")
-        return SizingError(f"no allocation of partition '{part.name}' can run this workflow: "
-                           f"{note}")
-    best = min(range(len(timed)), key=lambda k: timed[k][0])
-    time, makespan, verb = timed[best]
-    shape = [c for c in candidates if c.time is not None or c.bound is not None][best].shape
+def _nothing_fits(plan: Plan, search: _Search, limit: float | None, source: str,
+                  profile: Profile) -> Exception:
+    """The error when no candidate fits: the fastest candidate's numbers, and what would."""
+    fast = search.fastest
+    if fast is None or fast.makespan is None:
+        notes = [c.note.removeprefix("does not fit: ") for c in search.candidates if c.note]
+        return SizingError(f"no allocation of partition '{search.axes[0].partition.name}' can run "
+                           f"this workflow: {notes[0] if notes else 'no candidate'}")
     assert limit is not None
-    jobs = math.ceil(time / limit)
+    time = fast.time or requested_time(fast.makespan, profile)
+    jobs = math.ceil(fast.makespan * (1 + profile.margin_fraction) / usable_time(limit, profile))
     longest = int(plan.time.argmax()) if plan.n else 0
     lone = (f" Task '{plan.name(longest)}' alone is estimated at "
             f"{format_slurm_time(float(plan.time[longest]))}, longer than the limit: a chain "
             "cannot split a task." if plan.n and plan.time[longest] > limit else "")
     return SizingError(
-        f"no allocation of partition '{part.name}' finishes within {format_slurm_time(limit)} "
-        f"({source}): the fastest, {shape.nodes} node(s) x {shape.ntasks_per_node} ranks, {verb} "
-        f"{format_slurm_time(makespan)} and needs --time {format_slurm_time(time)} with the "
-        f"safety margin. A continuation chain of about {jobs} jobs of {format_slurm_time(limit)} "
-        "would run it without the deadline or --time limit; give it more time or split the "
-        f"workflow.{lone}",
+        f"no allocation of partition '{fast.partition.name}' finishes within "
+        f"{format_slurm_time(limit)} ({source}): the fastest, {_label(fast)} "
+        f"({fast.shape.workers} workers), is estimated at {format_slurm_time(fast.makespan)} and "
+        f"needs --time {format_slurm_time(time)} with the safety margin. A continuation chain "
+        f"of about {jobs} jobs of {format_slurm_time(limit)} would run it without the deadline "
+        f"or --time limit; give it more time or split the workflow.{lone}",
         fastest=time, limit=limit, chain_jobs=jobs)
 
 

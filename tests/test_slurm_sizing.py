@@ -272,3 +272,20 @@ def test_the_choice_is_near_the_knee_of_every_worker_count_on_random_dags():
             bound = lower_bound(plan, analysis, cand.shape.workers * cand.shape.cpus_per_task)
             assert (cand.makespan if cand.makespan is not None else cand.bound) >= bound - 1e-9
         assert all(c.partition is part for c in s.candidates)
+
+
+def test_the_worked_example_in_the_cluster_guide_is_what_plan_prints(capsys):
+    """docs/cluster.md shows `plan --slurm` on the sweep example: it must stay true."""
+    from pathlib import Path
+
+    from hpcflow.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "cluster.md").read_text()
+    block = doc.split("$ hpcflow plan --slurm --profile examples/clusters/cpu-site.yaml", 1)[1]
+    shown = [line for line in block.split("```", 1)[0].splitlines()[1:] if line.strip()]
+    assert main(["plan", "--slurm", "--profile", str(root / "examples/clusters/cpu-site.yaml"),
+                 "--partition", "standard", str(root / "examples/sweep/workflow.yaml")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert shown and all(line in printed for line in shown), [
+        line for line in shown if line not in printed]

@@ -148,6 +148,7 @@ class Core:
         self.walltime: Walltime | None = None  # set by the runner: the allocation's end
         self.draining = False  # the allocation ends: dispatch nothing more
         self.deferred: list[int] = []  # tasks whose time estimate no longer fits
+        self._done_before = 0  # done when this session began (resume): a chain's progress
         self._estimates = [g.task.resources.time for g in plan.groups]  # explicit only
 
     # -- set-up ---------------------------------------------------------------------
@@ -178,6 +179,7 @@ class Core:
                                         "tasks": self.plan.n,
                                         "groups": groups, "defs": self.fingerprints.defs})
         status = "stopped"
+        self._done_before = self.done
         try:
             while self._unfinished():
                 self._check_walltime()
@@ -205,8 +207,9 @@ class Core:
     def _status(self) -> str:
         if self.done == self.plan.n:
             return "succeeded"
-        if self.draining or self.deferred:
-            return "walltime"  # the rest runs on resume (a continuation job)
+        if self.draining or self.deferred:  # the rest runs on resume (a continuation job)
+            assert self.walltime is not None
+            return "stalled" if self.walltime.stalls(self.done - self._done_before) else "walltime"
         return "failed" if self.failed else "stopped"
 
     def _check_walltime(self) -> None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcflow.engine.core import Backend, Core, ProgressSink, RunOptions, RunResult, _output_ids, check_fits
+from hpcflow.engine.launched import choose_engine, marked_as_running
 from hpcflow.engine.local import LocalBackend, machine_shares
-from hpcflow.engine.walltime import Walltime, allocation_end, watching
+from hpcflow.engine.walltime import STALLED, for_run, watching
 from hpcflow.errors import EngineError, RunInterrupted, SpecError
 from hpcflow.model.workflow import Workflow
 from hpcflow.plan.analyse import analyse
@@ -37,7 +38,9 @@ from hpcflow.store.rundir import RunDir
 class EngineConfig:
     """How to run: which engine, how many workers, which GPUs, where the run folder goes."""
 
-    engine: str = "local"
+    engine: str | None = None
+    """local, mpi, dask, ray or spark; None: mpi under a launch of several ranks
+    (``mpiexec -n N``), else local (see launched.py)."""
     workers: int | None = None
     gpus: Sequence[str] = ()
     memory: int | None = None
@@ -105,11 +108,13 @@ BACKENDS: dict[str, BackendFactory] = {
 def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) -> RunResult:
     """Run ``workflow`` to the end and return its outcome (outputs, failures, run folder)."""
     config = config or EngineConfig()
-    if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
-        from hpcflow.engine.mpi import session
+    config.engine = choose_engine(config.engine)
+    with marked_as_running():
+        if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
+            from hpcflow.engine.mpi import session
 
-        return session.run(workflow, config, _coordinate)
-    return _coordinate(workflow, config)
+            return session.run(workflow, config, _coordinate)
+        return _coordinate(workflow, config)
 
 
 def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
@@ -140,9 +145,11 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
             if config.progress is not None:
                 core.progress = config.progress(plan.n)
             core.seed(values, decision.hashes, decision.candidates)
-            with watching(Walltime(allocation_end(config.deadline))) as core.walltime:
+            with watching(for_run(run.path, run.journal, config.deadline)) as core.walltime:
                 result = core.run()
             status = result.status
+            if status == "stalled":
+                print(STALLED.format(run=run.path), file=sys.stderr)
     except KeyboardInterrupt as exc:
         status = "stopped"
         raise RunInterrupted(str(run.path)) from exc
@@ -171,8 +178,11 @@ def _open_run(plan: Plan, config: EngineConfig) -> tuple[RunDir, dict[str, Any]]
     run._prepared = old  # keep what earlier sessions wrote (slurm_job_id...); never discard
     info.update(created=old.get("created", info["created"]), spec=config.spec or old.get("spec"),
                 resumes=int(old.get("resumes", 0)) + int(run.journal.exists()), resumed=time.time())
-    if os.environ.get("SLURM_JOB_ID"):  # a continuation job: `hpcflow status` follows it
-        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    job, earlier = os.environ.get("SLURM_JOB_ID"), old.get("slurm_job_id")
+    if job and job != earlier:  # a continuation job: `hpcflow status` follows it
+        info["slurm_job_id"] = job
+        if earlier:
+            info["slurm_jobs"] = [*old.get("slurm_jobs", []), earlier]
     return run, info
 
 

@@ -9,8 +9,8 @@ Build a workflow by calling task functions (nothing runs until asked), then run 
 
     runs = simulate.sweep({"alpha": [0.1, 0.2, 0.4]}, seed=1)
     wf = hf.workflow("demo", outputs={"runs": runs.all()})
-    result = hf.run(wf)                      # local worker processes
-    result = hf.run(wf, engine="mpi")        # under mpiexec: rank 0 coordinates
+    result = hf.run(wf)                      # local worker processes; under mpiexec -n N,
+                                             # the MPI engine: rank 0 coordinates
 
 Layers (one sub-package each): ``model``/``spec``/``plan`` (orchestrator), ``engine``
 (shared core and backends), ``scheduler`` (Slurm), ``store`` (run folder, journal),
@@ -49,12 +49,15 @@ from hpcflow.model import (
 __version__ = "0.1.0"
 
 
-def run(wf: Workflow, *, engine: str = "local", workers: int | None = None,
+def run(wf: Workflow, *, engine: str | None = None, workers: int | None = None,
         gpus: tuple[str, ...] = (), run_dir: str | None = None, runs_root: str | None = None,
         keep_going: bool = True, fsync: bool = False, check: bool = True,
         **engine_options: Any) -> RunResult:
     """Run ``wf`` and return its :class:`RunResult`; with ``check`` a failed run raises
-    :class:`RunFailed` (its ``failures`` name each task and its log)."""
+    :class:`RunFailed` (its ``failures`` name each task and its log). ``engine`` left out
+    is ``"mpi"`` in a script started by ``mpiexec -n N`` (N > 1; every rank calls this,
+    rank 0 coordinates), else ``"local"``; another engine under such a launch is refused
+    (:class:`~hpcflow.engine.launched.LaunchConflict`), since each rank would run it."""
     from hpcflow.engine.runner import EngineConfig, run_workflow
 
     config = EngineConfig(engine=engine, workers=workers, gpus=gpus, run_dir=run_dir,

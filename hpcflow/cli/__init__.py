@@ -88,9 +88,10 @@ def _run_command(sub: argparse._SubParsersAction, target_help: str) -> None:
     p.add_argument("--force", action="append", default=[], metavar="TASK",
                    help="with --resume: run TASK again (a task id, one instance 'sim[3]', or a "
                    "nested workflow's id) and everything downstream of it; repeatable")
-    p.add_argument("--engine", default="local",
-                   help="local (default), mpi, dask, ray or spark (the last three need the "
-                   "extra of that name: pip install 'hpcflow-mpi[dask]')")
+    p.add_argument("--engine",
+                   help="local, mpi, dask, ray or spark (the last three need the extra of that "
+                   "name: pip install 'hpcflow-mpi[dask]'). Default: mpi when started by "
+                   "mpiexec or srun with several ranks, else local")
     p.add_argument("--workers", type=int, help="worker processes / ranks (default: cores)")
     p.add_argument("--address", "--master", dest="address", metavar="URL",
                    help="dask: a scheduler (tcp://host:8786); ray: a cluster (host:6379 or "
@@ -196,17 +197,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except HpcflowError as exc:
-        print(f"hpcflow {args.command}: {exc}", file=sys.stderr)
+        if getattr(exc, "echo", True):  # LaunchConflict: said by the launch's first rank
+            print(f"hpcflow {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)  # RunInterrupted: a run folder to resume
         then = f"; what finished is kept: continue with hpcflow run --resume {run_dir}" \
             if run_dir else ""
-        print(f"hpcflow {args.command}: interrupted{then}", file=sys.stderr)
+        if _first_rank():
+            print(f"hpcflow {args.command}: interrupted{then}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `hpcflow ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def _first_rank() -> bool:
+    """False on the other ranks of an MPI launch (rank 0 speaks for the run)."""
+    from hpcflow.engine.launched import launch_rank
+
+    return launch_rank() == 0
 
 
 def print_json(data: object) -> None:

@@ -63,13 +63,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpcflow.engine.core import RunOptions
+    from hpcflow.engine.launched import choose_engine, launch_rank, mpi_launch
     from hpcflow.engine.runner import EngineConfig, run_workflow
     from hpcflow.engine.walltime import arm
 
     arm()  # a walltime signal during start-up or shut-down must not kill the run
     if args.workers is not None and args.workers < 1:
         raise EngineError(f"--workers must be at least 1, got {args.workers}")
-    if args.engine == "mpi" and _mpi_size() == 1 and args.workers:
+    engine = choose_engine(args.engine)
+    if engine == "mpi" and mpi_launch() is None and args.workers:
         from hpcflow.engine.mpi.launch import relaunch
 
         return relaunch(sys.argv, args.workers)
@@ -80,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _resume_dry_run(plan, args)
     config = EngineConfig(
-        engine=args.engine, workers=args.workers,
+        engine=engine, workers=args.workers,
         gpus=tuple(g for g in args.gpus.split(",") if g), run_dir=args.run_dir,
         runs_root=args.runs_root, spec=_spec_argument(workflow),
         options=RunOptions(keep_going=not args.stop_on_failure, fsync=args.fsync,
@@ -92,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     result = run_workflow(plan, config)
     code = {"succeeded": EXIT_OK, "walltime": EXIT_WALLTIME}.get(result.status, EXIT_FAILED)
-    if args.engine == "mpi" and _mpi_rank() != 0:
+    if launch_rank() != 0:
         return code
     _report(result, args.json)
     return code
@@ -166,21 +168,6 @@ def _report(result: Any, as_json: bool) -> None:
         print("Fix the cause (see the logs above), then continue the run: hpcflow run "
               f"--resume {result.run_dir} (finished tasks are reused; add --dry-run to see "
               "what runs again).", file=sys.stderr)
-
-
-def _mpi_size() -> int:
-    if not any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
-                                         "SLURM_STEP_ID", "PMI_FD")):
-        return 1
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.size
-
-
-def _mpi_rank() -> int:
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.rank
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcflow.engine.core import Backend, Core, ProgressSink, RunOptions, RunResult, _output_ids, check_fits
+from hpcflow.engine.launched import choose_engine, marked_as_running
 from hpcflow.engine.local import LocalBackend, machine_shares
 from hpcflow.engine.walltime import STALLED, for_run, watching
 from hpcflow.errors import EngineError, RunInterrupted, SpecError
@@ -37,7 +38,9 @@ from hpcflow.store.rundir import RunDir
 class EngineConfig:
     """How to run: which engine, how many workers, which GPUs, where the run folder goes."""
 
-    engine: str = "local"
+    engine: str | None = None
+    """local, mpi, dask, ray or spark; None: mpi under a launch of several ranks
+    (``mpiexec -n N``), else local (see launched.py)."""
     workers: int | None = None
     gpus: Sequence[str] = ()
     memory: int | None = None
@@ -105,11 +108,13 @@ BACKENDS: dict[str, BackendFactory] = {
 def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) -> RunResult:
     """Run ``workflow`` to the end and return its outcome (outputs, failures, run folder)."""
     config = config or EngineConfig()
-    if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
-        from hpcflow.engine.mpi import session
+    config.engine = choose_engine(config.engine)
+    with marked_as_running():
+        if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
+            from hpcflow.engine.mpi import session
 
-        return session.run(workflow, config, _coordinate)
-    return _coordinate(workflow, config)
+            return session.run(workflow, config, _coordinate)
+        return _coordinate(workflow, config)
 
 
 def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:

@@ -106,6 +106,23 @@ def test_describe_says_it_in_one_line():
     assert follow.describe({}) == ""
 
 
+def test_the_chain_follows_the_continuations_the_script_noted(tmp_path):
+    from hpcflow.scheduler.slurm.script import NEXT_NAME
+
+    info = {**_info(tmp_path), "slurm_jobs": ["40", "41"]}
+    for job, following in (("42", "43"), ("43", "44"), ("44", "nonsense"), ("30", "31")):
+        (tmp_path / "batch" / NEXT_NAME.format(job=job)).write_text(f"{following}\n")
+    assert follow.chain(info) == ["40", "41", "42", "43", "44"]
+    run = Recorded(sacct=(0, "44|PENDING|0:0|00:00:00|2||None assigned|Dependency\n", ""))
+    state = follow.job_state(info, run=run, now=0.0)
+    assert (state["job_id"], state["state"], state["chain"][-1]) == ("44", "PENDING", "44")
+    assert follow.describe(state).endswith("(job 5 of its chain: 40, 41, 42, 43, 44) [sacct]")
+    argv: list[list[str]] = []
+    follow.cancel_job(info, run=lambda a: argv.append(a) or subprocess.CompletedProcess(a, 0, "", ""))
+    assert argv == [["scancel", "42", "43", "44"]]  # the run's job and its continuations
+    assert follow.chain({"run_dir": str(tmp_path)}) == []
+
+
 def test_a_folder_submit_prepared_is_accepted_once_and_keeps_the_job_id(tmp_path):
     from hpcflow.errors import RunDirError
     from hpcflow.store.rundir import RunDir

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -271,26 +270,6 @@ def test_hostile_body_values_are_quoted_and_bash_does_nothing_extra(tmp_path):
     assert argv[-1] == spec
     assert f"echo '$(touch' '{marker})'" in text  # set-up words are literal words
     assert f"touch {marker}" in done.stdout  # echo printed them instead of running them
-
-
-def test_usr1_reaches_the_launched_step_and_the_script_waits_for_it(tmp_path):
-    text, _, _ = _hostile_script(tmp_path)
-    script = tmp_path / "job.sh"
-    script.write_text(text)
-    proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, HPCFLOW_FAKE_SLEEP="20"))
-    try:
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "argv").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (tmp_path / "argv").exists(), "the launcher did not start"
-        proc.send_signal(signal.SIGUSR1)
-        assert proc.wait(timeout=10) == 7  # the step's own status, after the trap ran
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (tmp_path / "usr1").read_text().strip() == "got-usr1"
 
 
 def test_time_none_omits_time_and_signal_where_the_profile_allows_it():

@@ -199,11 +199,11 @@ def test_a_chain_stalls_after_three_idle_jobs_in_a_row(tmp_path, position, befor
     assert not wt.stalls(1)
 
 
-def _sign_when_started(run: Path, job: str) -> threading.Thread:
-    """Writes the batch script's marker once the run's journal exists (the run began)."""
+def _sign_when_started(run: Path, log: Path, job: str) -> threading.Thread:
+    """Writes the batch script's marker once a task has started."""
     def sign() -> None:
         deadline = time.monotonic() + 30
-        while not (run / "journal.bin").exists() and time.monotonic() < deadline:
+        while not any(log.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.02)
         marker = walltime.signal_marker(run, job)
         marker.parent.mkdir(exist_ok=True)
@@ -221,8 +221,8 @@ def test_after_the_signal_tasks_that_fit_keep_starting(naps, tmp_path, monkeypat
     mod, log = naps
     monkeypatch.setenv("SLURM_JOB_ID", "31")
     run = tmp_path / "run"
-    signer = _sign_when_started(run, "31")
-    result = hf.run(mod.build(8, 0.5, estimate=estimate), workers=2, run_dir=str(run),
+    signer = _sign_when_started(run, log, "31")
+    result = hf.run(mod.build(8, 1.0, estimate=estimate), workers=2, run_dir=str(run),
                     deadline=60, check=False)
     signer.join(5)
     if estimate:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcflow.engine.walltime import IDLE_JOBS
 from hpcflow.errors import RunDirError
 from hpcflow.report.progress import format_seconds
 from hpcflow.store.journal import Event, read_journal
@@ -43,7 +44,9 @@ STATES = ("not started", "running", "done", "failed", "skipped", "retrying")
 """State names, indexed by the codes above (``RunView.state``)."""
 GONE = "not finished (coordinator gone?)"
 _TEXT_FAILURES = 20
-_RESUMABLE = ("failed", "stopped", "walltime", GONE)
+STALLED = "stalled"
+"""A continuation chain whose last jobs finished no task stopped itself (walltime.py)."""
+_RESUMABLE = ("failed", "stopped", "walltime", STALLED, GONE)
 """Statuses after which ``status`` names the command that continues the run."""
 _JSON_FAILURES = 1000
 
@@ -212,7 +215,8 @@ def lock_held(run_path: Path) -> bool:
 
 def batch_job_state(info: Mapping[str, Any]) -> str | None:
     """The default :data:`JobStateProbe`: the scheduler adapter's ``job_state(info)``
-    for runs whose run.json names a batch job (``slurm_job_id``), else None."""
+    for runs whose run.json names a batch job (``slurm_job_id``), else None. For a chain
+    of jobs it is the latest one's, a continuation still pending included."""
     if "slurm_job_id" not in info:
         return None
     try:
@@ -225,8 +229,7 @@ def batch_job_state(info: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """What ``hpcflow status`` prints; ``status`` is succeeded, failed, stopped, running,
-    error (nothing ran) or :data:`GONE`."""
+    """What ``hpcflow status`` prints (see :func:`status_of` for ``status``)."""
 
     run_dir: str
     workflow: str
@@ -249,7 +252,9 @@ def run_status(path: str | os.PathLike[str], *, job_state: JobStateProbe | None 
 
 def status_of(view: RunView, *, job_state: JobStateProbe | None = None,
               now: float | None = None) -> RunStatus:
-    """The status of an already replayed run (the HTML report's summary uses it too)."""
+    """The status of an already replayed run (the HTML report's summary uses it too);
+    ``status`` is succeeded, failed, stopped, walltime (a continuation goes on with it),
+    stalled, running, error (nothing ran) or :data:`GONE`."""
     status, started, finished = _life(view, time.time() if now is None else now)
     failures = [{"task": view.name(i), "error": last_line(err), "log": log}
                 for i, (err, log) in sorted(view.failures.items())]
@@ -288,7 +293,7 @@ def _next_command(status: RunStatus) -> str | None:
     that failed or was stopped, a new job (a walltime stop continues by itself)."""
     if status.job_state is None:
         return "hpcflow run --resume" if status.status in _RESUMABLE else None
-    return "hpcflow submit --resume" if status.status in ("failed", "stopped") else None
+    return "hpcflow submit --resume" if status.status in ("failed", "stopped", STALLED) else None
 
 
 def status_json(status: RunStatus) -> dict[str, Any]:
@@ -298,7 +303,7 @@ def status_json(status: RunStatus) -> dict[str, Any]:
     data = dict(status.__dict__)
     data["failures"] = status.failures[:_JSON_FAILURES]
     data["failures_elided"] = max(0, len(status.failures) - _JSON_FAILURES)
-    data["finished"] = status.status in ("succeeded", "failed", "stopped", "error")
+    data["finished"] = status.status in ("succeeded", "failed", "stopped", STALLED, "error")
     data["live"] = status.status == "running"
     return data
 
@@ -321,6 +326,10 @@ def status_text(status: RunStatus) -> str:
              f"{'; until its last journal event' if status.status == GONE else ''})"]
     if status.job_state:
         lines.append(f"job      {status.job_state}")
+    if status.status == STALLED:
+        lines.append(f"why      {IDLE_JOBS} jobs of its chain in a row finished no task, so it "
+                     "stopped: a task may need longer than one job gives, or than its time "
+                     "estimate says (see the task logs); give it more --time or fix the estimate")
     if status.status == GONE and c["running"]:
         lines.append(f"         {c['running']:,} task(s) were in flight when it stopped; "
                      "resuming runs them again")

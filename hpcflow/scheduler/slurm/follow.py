@@ -1,7 +1,11 @@
 """Following a submitted run's batch job politely: its state, and cancelling it.
 
 :func:`job_state` answers "what is Slurm doing with this run's job" for ``hpcflow
-status`` (and tests), from run.json's ``slurm_job_id``. Politeness is a budget of one
+status`` (and tests). The job is the latest of the run's chain (:func:`chain`): run.json
+names the jobs that ran it (``slurm_jobs``, then ``slurm_job_id``: the engine records a
+continuation job when it starts), and each job that submitted a continuation left its id
+in ``batch/next.<job>`` (the batch script writes it, and removes it when it cancels that
+job), so a continuation still pending is followed too. Politeness is a budget of one
 Slurm query per :data:`POLL_INTERVAL` (10 s) per run, kept across processes: the last
 answer is cached in ``<run>/batch/state.json`` and returned while it is fresh, so a user
 running ``watch hpcflow status RUN`` does not hammer the controller. A job in a final
@@ -26,7 +30,7 @@ from typing import Any
 
 from hpcflow.scheduler.slurm._cmd import Runner, run_slurm, said
 from hpcflow.scheduler.slurm.errors import SlurmError
-from hpcflow.scheduler.slurm.script import BATCH_FOLDER
+from hpcflow.scheduler.slurm.script import BATCH_FOLDER, NEXT_NAME
 from hpcflow.store.rundir import write_atomic
 
 POLL_INTERVAL = 10.0
@@ -36,6 +40,7 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF
                           "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"})
 _SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,NNodes,AllocTRES,NodeList,Reason"
 _CACHE = "state.json"
+_MAX_CHAIN = 1000
 
 
 def job_state(run_info: Mapping[str, Any], *, min_interval: float = POLL_INTERVAL,
@@ -47,15 +52,16 @@ def job_state(run_info: Mapping[str, Any], *, min_interval: float = POLL_INTERVA
     ``exit_code``, ``elapsed``, ``nodes``, ``node_list``, ``tres`` (allocated, where
     known), ``source`` (sacct, squeue or scontrol), ``checked`` (epoch seconds of the
     query), ``cached`` (True when this is an earlier answer), ``error`` (when Slurm could
-    not be asked)."""
-    job = str(run_info.get("slurm_job_id") or "")
-    if not job:
+    not be asked), ``chain`` (the run's jobs, this one last)."""
+    jobs = chain(run_info)
+    if not jobs:
         return {}
+    job = jobs[-1]
     now = time.time() if now is None else now
     cache_path = _cache_path(run_info)
     cached = _read_cache(cache_path, job)
     if cached and (cached.get("final") or now - float(cached.get("checked", 0)) < min_interval):
-        return {**cached, "cached": True}
+        return {**cached, "cached": True, "chain": jobs}
     accounting = bool(cached.get("accounting", True)) if cached else True
     try:
         answer, accounting = _query(job, run, accounting)
@@ -66,7 +72,24 @@ def job_state(run_info: Mapping[str, Any], *, min_interval: float = POLL_INTERVA
               "checked": now, "cached": False, "accounting": accounting}
     result["final"] = result["state"] in FINAL_STATES
     _write_cache(cache_path, result)
-    return result
+    return {**result, "chain": jobs}
+
+
+def chain(run_info: Mapping[str, Any]) -> list[str]:
+    """The run's batch jobs, first to latest (see the module docstring); empty if none."""
+    jobs = [str(j) for j in run_info.get("slurm_jobs", [])]
+    if run_info.get("slurm_job_id"):
+        jobs.append(str(run_info["slurm_job_id"]))
+    folder = run_info.get("run_dir")
+    while jobs and folder and len(jobs) < _MAX_CHAIN:
+        try:
+            following = (Path(folder) / BATCH_FOLDER / NEXT_NAME.format(job=jobs[-1])).read_text()
+        except OSError:
+            break
+        if not following.strip().isdigit() or following.strip() in jobs:
+            break
+        jobs.append(following.strip())
+    return jobs
 
 
 def describe(state: Mapping[str, Any]) -> str:
@@ -83,24 +106,30 @@ def describe(state: Mapping[str, Any]) -> str:
         parts.append(f"after {state['elapsed']}")
     if state.get("exit_code") and state.get("final"):
         parts.append(f"exit {state['exit_code']}")
+    jobs = state.get("chain") or []
+    if len(jobs) > 1:
+        parts.append(f"(job {len(jobs)} of its chain: {', '.join(jobs)})")
     text = " ".join(parts) + (f" [{state['source']}]" if state.get("source") else "")
     return f"{text}; {state['error']}" if state.get("error") else text
 
 
 def cancel_job(run_info: Mapping[str, Any], run: Runner = run_slurm) -> str:
-    """Cancel the run's job (``scancel``); what Slurm said, or a SlurmError."""
+    """Cancel the run's job and the continuation it submitted, if any (``scancel``: a
+    finished one is passed over); what Slurm said, or a SlurmError."""
     job = str(run_info.get("slurm_job_id") or "")
     if not job:
         raise SlurmError("this run was not submitted to Slurm (run.json has no slurm_job_id)")
-    done = run(["scancel", job])
+    jobs = chain(run_info)
+    jobs = jobs[jobs.index(job):]
+    done = run(["scancel", *jobs])
     if done.returncode != 0:
-        raise SlurmError(f"scancel {job} failed: {said(done)}", command=["scancel", job],
-                         output=said(done))
+        raise SlurmError(f"scancel {' '.join(jobs)} failed: {said(done)}",
+                         command=["scancel", *jobs], output=said(done))
     path = _cache_path(run_info)
     if path is not None:
         with contextlib.suppress(OSError):
             path.unlink()
-    return said(done) or f"cancel requested for job {job}"
+    return said(done) or f"cancel requested for job {', '.join(jobs)}"
 
 
 def _query(job: str, run: Runner, accounting: bool) -> tuple[dict[str, Any], bool]:

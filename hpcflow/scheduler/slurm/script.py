@@ -11,12 +11,13 @@ field) and every word of the body is ``shlex.quote``\\d. The golden files under
 
 from __future__ import annotations
 
+import posixpath
 import re
 import string
 import sys
 from dataclasses import dataclass
 
-from hpcflow.engine.walltime import EXIT_WALLTIME
+from hpcflow.engine.walltime import EXIT_WALLTIME, MARKER_NAME
 from hpcflow.errors import EngineError
 from hpcflow.model.resources import format_slurm_time
 from hpcflow.scheduler.slurm import frameworks, template
@@ -38,6 +39,8 @@ from hpcflow.scheduler.slurm.sizing import Sizing
 BATCH_FOLDER = "batch"
 """Inside the run folder: the script, Slurm's output files, the sizing, the state cache."""
 SCRIPT_NAME = "job.sh"
+NEXT_NAME = "next.{job}"
+"""In the batch folder: the id of the continuation job that job ``job`` submitted."""
 MAX_CHAIN = 50
 """At most this many continuation jobs follow one another (a run that never progresses
 must not resubmit itself for ever)."""
@@ -120,11 +123,14 @@ def render_script(job: BatchJob) -> str:
     if not job.launch:
         raise ValueError("a batch job needs a launch command")
     start, stop = _cluster_text(job.cluster) if job.cluster else ("", "")
+    job_var = "${SLURM_JOB_ID}"
     return string.Template(template.SCRIPT).substitute(
         directives="\n".join(lines),
         job_name=check_directive("job-name", job.job_name),
         setup="\n".join(setup) if setup else template.NO_SETUP,
         launch=quote_words(job.launch), script=quote_words([job.script or "$0"]),
+        batch=quote_word(posixpath.dirname(job.script) or "."),
+        marker_name=MARKER_NAME.format(job=job_var), next_name=NEXT_NAME.format(job=job_var),
         walltime_code=str(EXIT_WALLTIME), max_chain=str(MAX_CHAIN),
         cluster_start=start, cluster_stop=stop)
 

@@ -6,19 +6,28 @@ directive lines it has checked against allow-lists and body lines whose every wo
 has quoted. Change the text here; then regenerate the golden files (see
 ``tests/test_slurm_script.py``) and review the diff.
 
-Why the end looks the way it does: Slurm sends USR1 to the batch shell (``B:``) some time
-before the limit. Bash runs a trap only between commands, never while a foreground child
-runs, so the step runs in the background and the shell waits with ``wait``, which a
-trapped signal interrupts: the trap notes that it ran and forwards USR1 to the step
-(srun or mpiexec passes it on to every rank), and the loop waits again for the step's
-real exit status (a ``wait`` for a step already collected says 127: keep the status).
+Why the end looks the way it does: Slurm sends USR1 to the batch shell alone (``B:``;
+``scancel --signal=USR1 --batch`` does the same) some time before the limit, up to a
+minute early. It is a warning, never the end (``hpcflow/engine/walltime.py`` decides what
+still fits), so the script never passes it on to the step. The trap is set before
+anything else runs (``set -eu``, the profile's set-up, a Dask or Ray cluster's start, the
+step), so that a USR1 at any moment, or twice, kills nothing. It writes the marker file
+that the engine's coordinator looks for (``batch/usr1.<job>``, written aside and renamed)
+and submits, once, the job that continues this run after this one ends however it ends
+(``afterany``: the run folder's lock is free by then; a job killed at its limit is
+continued too); its id goes into ``batch/next.<job>``, where ``hpcflow status`` follows
+the chain. Bash runs a trap only between commands, never while a foreground child runs,
+so the step runs in the background and the shell waits with ``wait``, which a trapped
+signal interrupts: the loop waits again for the step's real exit status (a ``wait`` for a
+step already collected says 127: keep the status). Once the step has ended, USR1 is
+ignored.
 
-Continuation: at USR1, and again if the engine exits with 75 (the allocation's end
-stopped it, see ``hpcflow/engine/walltime.py``), the script submits itself once more, to
-start only once this job has ended however it ends (``afterany``: the run folder's lock
-is free by then; a job killed at its limit is continued too). The new job resumes the
-run (the launch always says ``--resume``). A run that finishes in this job after all
-cancels that job. ``HPCFLOW_CONTINUATION`` counts the chain (at most ``MAX_CHAIN``).
+The end: if the engine exits 75 (it handed over: the allocation's end stopped it), the
+script makes sure the continuation was submitted and exits 0, so the job ends COMPLETED
+(the run's own status says ``walltime``); if that submission failed, it exits 75. A run
+that ends otherwise (finished, failed, or a chain that stalled: the engine's message is in
+the log) cancels the continuation. ``HPCFLOW_CONTINUATION`` counts the chain (at most
+``MAX_CHAIN``); the engine stops a chain whose last jobs finished no task.
 
 Dask and Ray (:mod:`.frameworks` says what the commands are and why): the cluster starts
 after the trap is set (a USR1 during the start must not end the shell) and before the
@@ -37,43 +46,58 @@ ${directives}
 # hpcflow: this one job runs workflow ${job_name} from start to end; the engine inside
 # it places the tasks on the job's ranks (docs/architecture.md, "Slurm"). The values
 # above were checked against allow-lists; every word below is quoted.
-set -eu
-${setup}
-set +e
 
-# USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
-# It also submits, once, the job that continues this run after this one ends, however
-# it ends (afterany: the run's lock is free by then); a run that finishes cancels it.
+# USR1 (Slurm's --signal above, up to a minute early) is a warning, not the end: the trap,
+# set first, notes it for the engine in a marker file and submits, once, the job that
+# continues this run after this one ends, however it ends (afterany: the run's lock is
+# free by then); a run that finishes cancels it. The step never gets the signal.
+batch=${batch}
 step=
-usr1=
 cont=
+cut=
+note() {  # write $$2 into the file $$1 whole: aside, then renamed
+  { printf '%s\\n' "$$2" >"$$1.tmp" && mv -f "$$1.tmp" "$$1"; } 2>/dev/null ||
+    echo "hpcflow: could not write $$1" >&2
+}
 continue_run() {
   [ -n "$${cont}" ] && return 0
   n=$${HPCFLOW_CONTINUATION:-0}
   if [ "$${n}" -ge ${max_chain} ]; then
-    echo "hpcflow: ${max_chain} continuation jobs ran; resume by hand: hpcflow run --resume" >&2
-    return 0
+    echo "hpcflow: ${max_chain} continuation jobs ran; resume by hand: hpcflow submit --resume" >&2
+    return 1
   fi
-  export HPCFLOW_CONTINUATION=$$((n + 1))
-  cont=$$(sbatch --parsable --dependency="afterany:$${SLURM_JOB_ID}" ${script}) ||
-    { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
+  cont=$$(HPCFLOW_CONTINUATION=$$((n + 1)) sbatch --parsable \\
+    --dependency="afterany:$${SLURM_JOB_ID}" ${script}) ||
+    { cont=; echo "hpcflow: could not submit the continuation job" >&2; return 1; }
+  note "$${batch}/${next_name}" "$${cont}"
 }
-trap 'usr1=1; continue_run; if [ -n "$${step}" ]; then kill -USR1 "$${step}" 2>/dev/null || true; fi' USR1
+on_usr1() {
+  cut=1
+  [ -e "$${batch}/${marker_name}" ] || note "$${batch}/${marker_name}" "$$(date +%s)"
+  continue_run || true
+}
+trap on_usr1 USR1
+set -eu
+${setup}
+set +e
+
 ${cluster_start}${launch} &
 step=$$!
 wait "$${step}"
 status=$$?
-while [ -n "$${usr1}" ]; do  # that wait was cut short by USR1: wait for the real end
-  usr1=
+while [ -n "$${cut}" ]; do  # that wait was cut short by USR1: wait for the real end
+  cut=
   wait "$${step}"
   code=$$?
   [ "$${code}" -eq 127 ] && break  # its end was already collected above
   status=$${code}
 done
-${cluster_stop}if [ "$${status}" -eq ${walltime_code} ]; then  # stopped for the walltime: continue
-  continue_run
-elif [ -n "$${cont}" ]; then  # finished (or failed) within this job after all
+trap '' USR1
+${cluster_stop}if [ "$${status}" -eq ${walltime_code} ]; then  # handed over: the next job goes on
+  continue_run && status=0
+elif [ -n "$${cont}" ]; then  # finished, failed or stalled within this job: no next job
   scancel "$${cont}" 2>/dev/null || true
+  rm -f "$${batch}/${next_name}"
 fi
 exit "$${status}"
 """
@@ -104,7 +128,7 @@ RAY_TOKEN = """\
 RAY_AUTH_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \\n')
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN"""
 
-CLUSTER_START = """
+CLUSTER_START = """\
 ${about}
 gone() {  # wait up to $$1 s for the pids that follow to end; false if some did not
   local pid left n=$$(($$1 * 2))

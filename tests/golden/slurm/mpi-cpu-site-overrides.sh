@@ -5,9 +5,9 @@
 #SBATCH --qos=high
 #SBATCH --constraint=cpu&ib
 #SBATCH --nodes=3
-#SBATCH --ntasks-per-node=128
+#SBATCH --ntasks-per-node=33
 #SBATCH --cpus-per-task=1
-#SBATCH --mem-per-cpu=2000M
+#SBATCH --mem-per-cpu=4096M
 #SBATCH --time=06:00:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --output=/scratch/alice/runs/mpi-solve-20260101-000000-1/batch/slurm-%j.out
@@ -16,6 +16,37 @@
 # hpcflow: this one job runs workflow mpi-solve from start to end; the engine inside
 # it places the tasks on the job's ranks (docs/architecture.md, "Slurm"). The values
 # above were checked against allow-lists; every word below is quoted.
+
+# USR1 (Slurm's --signal above, up to a minute early) is a warning, not the end: the trap,
+# set first, notes it for the engine in a marker file and submits, once, the job that
+# continues this run after this one ends, however it ends (afterany: the run's lock is
+# free by then); a run that finishes cancels it. The step never gets the signal.
+batch=/scratch/alice/runs/mpi-solve-20260101-000000-1/batch
+step=
+cont=
+cut=
+note() {  # write $2 into the file $1 whole: aside, then renamed
+  { printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; } 2>/dev/null ||
+    echo "hpcflow: could not write $1" >&2
+}
+continue_run() {
+  [ -n "${cont}" ] && return 0
+  n=${HPCFLOW_CONTINUATION:-0}
+  if [ "${n}" -ge 50 ]; then
+    echo "hpcflow: 50 continuation jobs ran; resume by hand: hpcflow submit --resume" >&2
+    return 1
+  fi
+  cont=$(HPCFLOW_CONTINUATION=$((n + 1)) sbatch --parsable \
+    --dependency="afterany:${SLURM_JOB_ID}" /scratch/alice/runs/mpi-solve-20260101-000000-1/batch/job.sh) ||
+    { cont=; echo "hpcflow: could not submit the continuation job" >&2; return 1; }
+  note "${batch}/next.${SLURM_JOB_ID}" "${cont}"
+}
+on_usr1() {
+  cut=1
+  [ -e "${batch}/usr1.${SLURM_JOB_ID}" ] || note "${batch}/usr1.${SLURM_JOB_ID}" "$(date +%s)"
+  continue_run || true
+}
+trap on_usr1 USR1
 set -eu
 module purge
 module load python/3.11 openmpi/4.1.5
@@ -23,38 +54,22 @@ source /home/alice/venvs/hpcflow/bin/activate
 export OMP_NUM_THREADS=1
 set +e
 
-# USR1 from Slurm (--signal above) goes on to the engine, which stops cleanly.
-# It also submits, once, the job that continues this run after this one ends, however
-# it ends (afterany: the run's lock is free by then); a run that finishes cancels it.
-step=
-usr1=
-cont=
-continue_run() {
-  [ -n "${cont}" ] && return 0
-  n=${HPCFLOW_CONTINUATION:-0}
-  if [ "${n}" -ge 50 ]; then
-    echo "hpcflow: 50 continuation jobs ran; resume by hand: hpcflow run --resume" >&2
-    return 0
-  fi
-  export HPCFLOW_CONTINUATION=$((n + 1))
-  cont=$(sbatch --parsable --dependency="afterany:${SLURM_JOB_ID}" /scratch/alice/runs/mpi-solve-20260101-000000-1/batch/job.sh) ||
-    { cont=; echo "hpcflow: could not submit the continuation job" >&2; }
-}
-trap 'usr1=1; continue_run; if [ -n "${step}" ]; then kill -USR1 "${step}" 2>/dev/null || true; fi' USR1
 srun --mpi=pmix --cpu-bind=none python -m hpcflow run --engine mpi --resume /scratch/alice/runs/mpi-solve-20260101-000000-1 /home/alice/flows/mpi.yaml &
 step=$!
 wait "${step}"
 status=$?
-while [ -n "${usr1}" ]; do  # that wait was cut short by USR1: wait for the real end
-  usr1=
+while [ -n "${cut}" ]; do  # that wait was cut short by USR1: wait for the real end
+  cut=
   wait "${step}"
   code=$?
   [ "${code}" -eq 127 ] && break  # its end was already collected above
   status=${code}
 done
-if [ "${status}" -eq 75 ]; then  # stopped for the walltime: continue
-  continue_run
-elif [ -n "${cont}" ]; then  # finished (or failed) within this job after all
+trap '' USR1
+if [ "${status}" -eq 75 ]; then  # handed over: the next job goes on
+  continue_run && status=0
+elif [ -n "${cont}" ]; then  # finished, failed or stalled within this job: no next job
   scancel "${cont}" 2>/dev/null || true
+  rm -f "${batch}/next.${SLURM_JOB_ID}"
 fi
 exit "${status}"

@@ -2,9 +2,15 @@
 
 Memory is written like Slurm's (``500M``, ``4G``; a bare integer means megabytes, as
 in ``sbatch --mem``). Times take Slurm's forms (``MM:SS``, ``HH:MM:SS``,
-``D-HH[:MM[:SS]]``) or a number with a unit (``90s``, ``5m``, ``2h``, ``1d``); a
-Python number means seconds. A bare numeric string such as ``"30"`` is refused:
-Slurm reads it as minutes, most people as seconds.
+``D-HH[:MM[:SS]]``; as in Slurm the first field is unbounded, ``48:00:00`` or
+``90:00``, the others are 0-59, hours after days 0-23) or a number with a unit
+(``90s``, ``5m``, ``2h``, ``1d``); a Python number means seconds. A bare numeric string
+such as ``"30"`` is refused: Slurm reads it as minutes, most people as seconds.
+
+Every value has an upper bound (:data:`LIMITS`), far above any machine, so that the
+planner's arrays (``int32`` cores, GPUs and ranks, ``int64`` bytes, ``float64``
+seconds) and the sums it makes of them never overflow: a larger value is an error
+naming the field, not an ``OverflowError`` later.
 """
 
 from __future__ import annotations
@@ -22,6 +28,18 @@ _SLURM_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 DEFAULT_TIME_ESTIMATE = 60.0
 """Seconds assumed for planning when a task gives no ``time``."""
 
+LIMITS = {"cores": 2**16, "gpus": 2**16, "ranks": 2**20, "memory": 2**50, "time": 100 * 365 * 86400}
+"""The largest value of each resource: cores and GPUs per rank, ranks per task, bytes
+(1 PiB) and seconds (100 years)."""
+
+
+def _at_most(name: str, value: float, shown: object) -> None:
+    if value > LIMITS[name]:
+        limit = format_memory(LIMITS[name]) if name == "memory" else f"{LIMITS[name]:,}"
+        if name == "time":
+            limit = f"{LIMITS[name] // 86400:,} days"
+        raise ValueError(f"{name} must be at most {limit}, got {shown!r}")
+
 
 def parse_memory(value: str | int) -> int:
     """Bytes from ``"4G"``, ``"500M"``, ``"1.5GiB"`` or an integer number of megabytes."""
@@ -30,6 +48,7 @@ def parse_memory(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"memory must not be negative, got {value}")
+        _at_most("memory", value * 1024**2, value)
         return value * 1024**2
     if not isinstance(value, str):
         raise ValueError(f"memory must be a size such as '4G', not {value!r}")
@@ -37,11 +56,18 @@ def parse_memory(value: str | int) -> int:
     if not match:
         raise ValueError(f"memory must be a size such as '500M' or '4G', not {value!r}")
     number, unit = float(match.group(1)), match.group(2).upper()
+    _at_most("memory", number * _MEMORY_UNITS[unit], value)
     return int(number * _MEMORY_UNITS[unit])
 
 
 def parse_time(value: str | int | float) -> float:
     """Seconds from Slurm's time forms, ``"90s"``/``"5m"``/``"2h"``/``"1d"``, or a number of seconds."""
+    seconds = _seconds(value)
+    _at_most("time", seconds, value)
+    return seconds
+
+
+def _seconds(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"time must be a duration such as '01:30:00', not {value!r}")
     if isinstance(value, (int, float)):
@@ -73,7 +99,14 @@ def _parse_slurm_time(text: str, original: str) -> float:
     elif c is not None:  # HH:MM:SS
         hours, minutes, seconds = a, b, c
     else:  # MM:SS
-        hours, minutes, seconds = 0, a, b
+        hours, minutes, seconds = 0, a, b or 0
+    leading_minutes = days is None and c is None  # Slurm leaves the first field unbounded
+    for name, part, top in (("hours", hours, 23 if days is not None else None),
+                            ("minutes", minutes, None if leading_minutes else 59),
+                            ("seconds", seconds, 59)):
+        if top is not None and part > top:
+            raise ValueError(f"time {original!r}: {name} must be 0-{top}, got {part} (Slurm's "
+                             "forms: MM:SS, HH:MM:SS, D-HH:MM:SS)")
     return float((((days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
@@ -114,14 +147,13 @@ class Resources:
     ranks: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("cores", "ranks"):
+        for name, least in (("cores", 1), ("ranks", 1), ("gpus", 0), ("memory", 0)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-        for name in ("gpus", "memory"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a whole number of at least 0, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
+            _at_most(name, value, value)
+        if self.time is not None:
+            _at_most("time", self.time, self.time)
 
     @classmethod
     def build(

@@ -96,6 +96,8 @@ def _message(error: Any, path: Path, data: Any) -> str:
         return str(ctx.get("error", error["msg"]))
     if kind == "greater_than_equal":
         return f"must be at least {ctx['ge']}, got {_show(value)}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']:,}, got {_show(value)}"
     simple = {"int_type": "a whole number", "string_type": "a string", "bool_type": "true or false",
               "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
               "float_type": "a number"}

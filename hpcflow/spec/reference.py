@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hpcflow.model.resources import LIMITS, format_memory
 from hpcflow.plan.flatten import MAX_TASKS
 from hpcflow.spec import _yaml, loader, refs, schema, values
 
@@ -115,6 +116,8 @@ def _limits() -> str:
         ("nesting of mappings and lists", str(_yaml.MAX_DEPTH)),
         ("chain of `workflow:` includes", str(loader.MAX_INCLUDE_DEPTH)),
         ("task instances after sweeps and nesting", f"{MAX_TASKS:,}"),
+        ("`memory` of one task", format_memory(LIMITS["memory"])),
+        ("`time` and `timeout` of one task", f"{LIMITS['time'] // 86400:,} days"),
     ]
     lines = ["| What | Limit |", "| --- | --- |"] + [f"| {what} | {limit} |" for what, limit in rows]
     return "\n".join(lines) + "\n"
@@ -160,7 +163,8 @@ def _type(node: dict[str, Any]) -> str:
         key = "name" if patterns else "string"
         return f"mapping of {key} to {_type(value) if value else 'any'}"
     if kind == "integer" and "minimum" in node:
-        return f"integer ≥ {node['minimum']}"
+        top = f" and ≤ {node['maximum']:,}" if "maximum" in node else ""
+        return f"integer ≥ {node['minimum']}{top}"
     return str(kind) if kind else "any"
 
 

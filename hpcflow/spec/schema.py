@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpcflow.model.resources import LIMITS
 from hpcflow.plan.flatten import MAX_TASKS
 from hpcflow.spec.values import (
     ArgsValue,
@@ -70,15 +71,17 @@ class ResourcesSpec(_Spec):
     the built-in default. A task with ``ranks`` > 1 is itself an MPI program: each rank
     gets ``cores`` cores and ``gpus`` GPUs."""
 
-    cores: int | None = Field(None, ge=1, description="CPU cores per rank. Built-in default 1.")
-    gpus: int | None = Field(None, ge=0, description="GPUs per rank. Built-in default 0.")
+    cores: int | None = Field(None, ge=1, le=LIMITS["cores"],
+                              description="CPU cores per rank. Built-in default 1.")
+    gpus: int | None = Field(None, ge=0, le=LIMITS["gpus"],
+                             description="GPUs per rank. Built-in default 0.")
     memory: Memory | None = Field(
         None, description="Memory per instance. Built-in default: unspecified.")
     time: Duration | None = Field(
         None, description="Estimated wall time per instance, for planning and for fitting tasks "
         "into the time left. Not a limit: see `timeout`.")
-    ranks: int | None = Field(None, ge=1, description="MPI ranks of a parallel task. Built-in "
-                              "default 1.")
+    ranks: int | None = Field(None, ge=1, le=LIMITS["ranks"], description="MPI ranks of a "
+                              "parallel task. Built-in default 1.")
 
 
 class DefaultsSpec(_Spec):

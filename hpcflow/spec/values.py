@@ -148,7 +148,9 @@ FORMATS = {
                 "digit",
     "size": "memory as for Slurm: `500M`, `4G`, `1.5GiB`, or an integer number of megabytes",
     "duration": "`MM:SS`, `HH:MM:SS`, `D-HH:MM:SS`, `90s`, `5m`, `2h`, `1d`, or a number of "
-                "seconds; a bare numeric string such as `\"30\"` is refused as ambiguous",
+                "seconds; as in Slurm the first field is unbounded (`48:00:00`), the others 0-59 "
+                "(hours after days 0-23); a bare numeric string such as `\"30\"` is refused as "
+                "ambiguous",
 }
 """The words the reference uses for checked value types, and what each accepts."""
 

@@ -3,8 +3,10 @@
 Exit codes (also in the README):
   0  success
   1  the run finished with failed tasks (each named with its log)
-  2  bad input: the spec, an option, a run folder (nothing ran)
-  3  the engine could not run (MPI, a backend, the batch system)
+  2  bad input: the spec, an option, a run folder or runs root that is missing, locked
+     or not writable (nothing ran)
+  3  the engine could not run (MPI, a backend, the batch system, an extra that is not
+     installed: one line naming the pip command)
   75 the allocation's walltime ended the run first; resume it (`run --resume RUN`; a
      Slurm job does so itself in a continuation job)
   130 interrupted (Ctrl-C / SIGTERM)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -197,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except HpcflowError as exc:
-        if getattr(exc, "echo", True):  # LaunchConflict: said by the launch's first rank
+        if _first_rank():  # under mpiexec every rank has the same error: rank 0 says it
             print(f"hpcflow {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
@@ -207,9 +210,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _first_rank():
             print(f"hpcflow {args.command}: interrupted{then}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ImportError as exc:
+        extra = _extra_providing(exc.name)
+        if extra is None:
+            raise
+        print(f"hpcflow {args.command}: this needs the Python package '{exc.name}', which is not "
+              f"installed: pip install 'hpcflow-mpi[{extra}]'", file=sys.stderr)
+        return EXIT_ENGINE
     except BrokenPipeError:  # `hpcflow ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def _extra_providing(module: str | None) -> str | None:
+    """The extra of this distribution that installs ``module`` (its top-level package),
+    read from the installed metadata; None for anything else."""
+    from importlib import metadata
+
+    if not module:
+        return None
+    wanted = module.partition(".")[0].lower().replace("_", "-")
+    try:
+        requirements = metadata.requires("hpcflow-mpi") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requirements:
+        found = re.match(r"^([A-Za-z0-9_.-]+).*;\s*extra\s*==\s*\"([^\"]+)\"", line)
+        if found and found[1].lower().replace("_", "-") == wanted and found[2] != "test":
+            return found[2]
+    return None
 
 
 def _first_rank() -> bool:

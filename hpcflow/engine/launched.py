@@ -41,15 +41,13 @@ class Launch:
 
 class LaunchConflict(HpcflowError):
     """An engine other than MPI was asked for under a multi-rank launch: each rank would
-    run the whole workflow. ``echo`` is true on the launch's first rank only, so that the
-    refusal is said once."""
+    run the whole workflow."""
 
     exit_code = 2
 
     def __init__(self, launch: Launch, engine: str) -> None:
         self.launch = launch
         self.engine = engine
-        self.echo = launch.rank == 0
         super().__init__(
             f"{launch.launcher} started {launch.size} ranks, and the {engine} engine would run "
             f"the workflow once on each: leave the engine out (or ask for mpi) to run it once "

@@ -7,6 +7,7 @@ module never imports an optional engine's package.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -23,7 +24,7 @@ from hpcflow.engine.core import Backend, Core, ProgressSink, RunOptions, RunResu
 from hpcflow.engine.launched import choose_engine, marked_as_running
 from hpcflow.engine.local import LocalBackend, machine_shares
 from hpcflow.engine.walltime import STALLED, for_run, watching
-from hpcflow.errors import EngineError, RunInterrupted, SpecError
+from hpcflow.errors import EngineError, RunDirError, RunInterrupted, SpecError
 from hpcflow.model.workflow import Workflow
 from hpcflow.plan.analyse import analyse
 from hpcflow.plan.flatten import flatten
@@ -124,13 +125,15 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     analysis = analyse(plan)
     config.options.isolate = config.options.isolate or config.isolate
     forced = _forced(plan, config)
-    run, info = _open_run(plan, config)
-    decision, values = (plan_resume(plan, run, set(_output_ids(plan)), forced) if config.resume
-                        else (Decision(), {}))
-    record_force(run, plan, forced)  # a later resume reruns them too, until they have run
-    info["reused"] = len(decision.reuse)
-    run.write_info(info)
-    run.save_plan(plan)
+    with _writable_run_folder(config):
+        run, info = _open_run(plan, config)
+    with _writable_run_folder(config, run):
+        decision, values = (plan_resume(plan, run, set(_output_ids(plan)), forced) if config.resume
+                            else (Decision(), {}))
+        record_force(run, plan, forced)  # a later resume reruns them too, until they have run
+        info["reused"] = len(decision.reuse)
+        run.write_info(info)
+        run.save_plan(plan)
     try:
         backend, slots = BACKENDS[config.engine](plan, run, config)
     except BaseException:  # refused before anything ran (resources, engine): leave no trace
@@ -184,6 +187,23 @@ def _open_run(plan: Plan, config: EngineConfig) -> tuple[RunDir, dict[str, Any]]
         if earlier:
             info["slurm_jobs"] = [*old.get("slurm_jobs", []), earlier]
     return run, info
+
+
+@contextmanager
+def _writable_run_folder(config: EngineConfig, run: RunDir | None = None) -> Iterator[None]:
+    """A run folder (or runs root) that cannot be written is bad input, said in one line
+    before anything ran; a folder this run locked is let go again."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        if run is not None:
+            run.unlock()
+        fix = ("a resume writes into its run folder: make it writable" if config.resume else
+               f"choose another {'--run-dir' if config.run_dir else '--runs-root'} (or make it "
+               "writable)")
+        raise RunDirError(f"cannot write {exc.filename}: {exc.strerror}; {fix}") from None
 
 
 def resume_preview(workflow: Workflow | Plan, run_path: str,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpcflow.engine.core import RunOptions, RunResult
+from hpcflow.engine.launched import LaunchConflict
 from hpcflow.errors import (
     CycleError,
     EngineError,
@@ -57,7 +58,7 @@ def run(wf: Workflow, *, engine: str | None = None, workers: int | None = None,
     :class:`RunFailed` (its ``failures`` name each task and its log). ``engine`` left out
     is ``"mpi"`` in a script started by ``mpiexec -n N`` (N > 1; every rank calls this,
     rank 0 coordinates), else ``"local"``; another engine under such a launch is refused
-    (:class:`~hpcflow.engine.launched.LaunchConflict`), since each rank would run it."""
+    (:class:`LaunchConflict`), since each rank would run it."""
     from hpcflow.engine.runner import EngineConfig, run_workflow
 
     config = EngineConfig(engine=engine, workers=workers, gpus=gpus, run_dir=run_dir,
@@ -74,6 +75,7 @@ __all__ = [
     "CycleError",
     "EngineError",
     "HpcflowError",
+    "LaunchConflict",
     "ResourceError",
     "Resources",
     "RunFailed",

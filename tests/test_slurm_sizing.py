@@ -156,22 +156,18 @@ def test_multi_rank_task_needs_a_node_without_the_coordinator():
         sized(plan, profile(cores=4), nodes=1)
 
 
-def test_gpu_plan_gets_one_rank_per_gpu():
+def test_gpu_plan_takes_cores_in_proportion_to_its_gpus():
     s = sized(independent(4, 100, gpus=1), profile(nodes=2, cores=4, gpus=2))
-    # 4 GPUs on 2 nodes (2 ranks of 2 cores each; rank 0 takes one): 3 workers, 200 s;
-    # 2 GPUs on one node (+ the coordinator: 3 ranks of 1 core): 200 s, half the GPU-hours;
-    # 1 GPU: at least 400 s, not within 5% of the fastest, so not simulated
-    assert [(c.shape.nodes, c.shape.ntasks_per_node, c.shape.cpus_per_task, c.makespan, c.bound)
-            for c in s.candidates] == [(1, 2, 1, None, 400), (1, 3, 1, 200, None),
-                                       (2, 2, 2, 200, None)]
-    assert s.shape.nodes == 1 and s.shape.gpus_per_node == 2 and s.chosen.unit == "GPU-h"
-    assert math.isclose(s.chosen.cost, 2 * 200 / 3600)
+    # 2 GPUs on one node: 200 s at best (not within 5% of 100 s: not simulated); 4 GPUs on
+    # 2 nodes, 3 one-core ranks each (half the cores and memory, as the GPUs): the first
+    # worker ranks of each node hold a GPU each, all four tasks at once, 100 s
+    assert s.chosen.makespan == 100 and s.chosen.unit == "GPU-h"
+    assert (s.shape.nodes, s.shape.ntasks_per_node, s.shape.gpus_per_node) == (2, 3, 2)
+    assert math.isclose(s.chosen.cost, 4 * 100 / 3600)
     slots = allocation_slots(s.shape, s.partition, "mem")
-    assert [slot.gpus for slot in slots] == [("0",), ("1",)]
-    forced = sized(independent(4, 100, gpus=1), profile(nodes=2, cores=4, gpus=2), nodes=2)
-    assert forced.chosen.makespan == 200  # 3 GPU workers: a round of 3, then 1
-    slots = allocation_slots(forced.shape, forced.partition, "mem")
-    assert [slot.gpus for slot in slots] == [("0", "1"), ("0",), ("1",)]
+    assert [slot.gpus for slot in slots] == [("0",), ("1",), ("0",), ("1",), ()]
+    one = sized(independent(4, 100, gpus=1), profile(nodes=2, cores=4, gpus=2), nodes=1)
+    assert one.chosen.makespan == 200 and one.shape.gpus_per_node == 2
 
 
 def test_a_cpu_plan_stays_off_gpu_partitions_and_a_gpu_plan_goes_there():
@@ -182,20 +178,21 @@ def test_a_cpu_plan_stays_off_gpu_partitions_and_a_gpu_plan_goes_there():
                   max_time="1:00:00")], defaults={"partition": "gpu"})
     assert {c.partition.name for c in sized(independent(8, 100), prof).candidates} == {"cpu"}
     s = sized(independent(8, 100, gpus=1), prof)
-    # 8 GPUs on 2 nodes lose one to the coordinator's rank (200 s); 3 GPUs on each of 3
-    # nodes give 8 GPU workers: 100 s for 9/4 nodes' worth of GPU-hours, not 2 x 2
+    # 8 GPUs on 2 nodes, every task at once: 100 s, 8 GPUs x 100 s
     assert s.partition.name == "gpu" and s.chosen.makespan == 100
-    assert (s.shape.nodes, s.shape.gpus_per_node, s.shape.ntasks_per_node) == (3, 3, 3)
+    assert (s.shape.nodes, s.shape.gpus_per_node) == (2, 4) and s.shape.workers >= 8
+    assert math.isclose(s.chosen.cost, 8 * 100 / 3600)
     assert sized(independent(8, 100), prof, partition="gpu").partition.name == "gpu"
 
 
-def test_memory_bound_tasks_spread_over_nodes():
+def test_memory_bound_tasks_hold_more_ranks_and_spread_over_nodes():
     s = sized(independent(2, 100, memory=6 * G), profile(nodes=2, cores=4, memory="8G"))
-    # one node: 8G, one 6G task at a time: 200 s; two nodes hold one task each: 100 s, and
-    # cost the same (each node is charged whole for its memory): the faster wins
-    assert s.shape.nodes == 2 and s.chosen.makespan == 100 and s.shape.memory_per_node == 8 * G
-    assert memory_request(s.shape, "mem-per-cpu") == ("mem-per-cpu", 4096)  # 8192 / 2 ranks
-    assert memory_request(s.shape, "mem") == ("mem", 8192)
+    # one node: one 6G task at a time (200 s); two nodes of 3 ranks and 6G (in proportion,
+    # and the biggest task's need) hold one task each: 100 s, 2 x 3/4 of a node
+    assert (s.shape.nodes, s.shape.ntasks_per_node, s.chosen.makespan) == (2, 3, 100)
+    assert s.shape.memory_per_node == 6 * G and math.isclose(s.chosen.cost, 2 * 3 * 100 / 3600)
+    assert memory_request(s.shape, "mem-per-cpu") == ("mem-per-cpu", 2048)  # 6144 / 3 ranks
+    assert memory_request(s.shape, "mem") == ("mem", 6144)
 
 
 def test_never_more_nodes_than_the_partition_has():

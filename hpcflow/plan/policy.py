@@ -82,10 +82,19 @@ class Placer:
         self._nodes: dict[str, list[int]] = {}
         for slot in self.slots:
             self._nodes.setdefault(slot.node, []).append(slot.index)
+        names = list(self._nodes)
+        self._node_of = [names.index(s.node) for s in self.slots] if len(names) < 64 else \
+            [{n: k for k, n in enumerate(names)}[s.node] for s in self.slots]
+        self._busy = [0] * len(names)  # per node: slots whose load is not 0
+        self._fewest: dict[tuple[int, int, int, int], list[int]] = {}
+        self._one: dict[tuple[int, int, int, int], bool] = {}  # need -> takes one slot
         self._single = [Placement((s.index,), (s.index,), (s.gpus,)) for s in self.slots]
         self._open: deque[int] = deque(s.index for s in self.slots)
         self._listed = [True] * len(self.slots)  # in _open
         self._roomy = len(self.slots) if depth > 0 else 0
+        self._no_room: set[tuple[int, int, int, int]] = set()
+        """Multi-slot needs that found no node since the last release (taking slots never
+        makes room, so they would fail again): a queue of big tasks costs O(1) each."""
 
     @property
     def full(self) -> bool:
@@ -113,9 +122,11 @@ class Placer:
 
     def place(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
         """Slots for a task now, or None if it must wait."""
-        if self.one_slot(cores, gpus, memory, ranks):
-            return self.place_one()
-        return self._place_many(cores, gpus, memory, ranks)
+        need = (cores, gpus, memory, ranks)
+        one = self._one.get(need)
+        if one is None:
+            one = self._one[need] = self.one_slot(cores, gpus, memory, ranks)
+        return self.place_one() if one else self._place_many(cores, gpus, memory, ranks)
 
     def one_slot(self, cores: int, gpus: int, memory: int, ranks: int) -> bool:
         """Whether such a task takes one slot (:meth:`place_one`); the engine asks once
@@ -147,6 +158,8 @@ class Placer:
             room = depth - load[index]
             if room > 0:
                 took = min(n, room)
+                if not load[index]:
+                    self._busy[self._node_of[index]] += 1
                 load[index] += took
                 if took < room:
                     open_.append(index)  # round robin: the next task goes elsewhere
@@ -158,12 +171,20 @@ class Placer:
         return None
 
     def _place_many(self, cores: int, gpus: int, memory: int, ranks: int) -> Placement | None:
-        for members in self._nodes.values():
+        need = (cores, gpus, memory, ranks)
+        if need in self._no_room:  # failed since the last release: fails again, in O(1)
+            return None
+        fewest = self._fewest.get(need) or self._fewest_slots(need)
+        busy = self._busy
+        for k, members in enumerate(self._nodes.values()):
+            if len(members) - busy[k] < fewest[k]:
+                continue
             idle = [i for i in members if self.load[i] == 0]
             chosen = self._pick(idle, cores, gpus, memory, ranks)
             if chosen is None:
                 continue
             slots, groups = chosen
+            busy[k] += len(slots)
             for i in slots:
                 self._roomy -= self.load[i] < self.depth
                 self.load[i] += _HELD  # held slots take no queued work
@@ -172,7 +193,24 @@ class Placer:
                 for group in groups
             )
             return Placement(tuple(g[0] for g in groups), tuple(slots), gpu_ids, exclusive=True)
+        self._no_room.add(need)
         return None
+
+    def _fewest_slots(self, need: tuple[int, int, int, int]) -> list[int]:
+        """Per node, the fewest idle slots a task of ``need`` could hold there (its biggest
+        shares), so that a node without as many idle slots is not searched."""
+        cores, gpus, memory, ranks = need
+        fewest = []
+        for members in self._nodes.values():
+            shares = [self.slots[i] for i in members]
+            most_gpus = max(len(s.gpus) for s in shares)
+            per_rank = max(1, math.ceil(cores / max(s.cores for s in shares)),
+                           math.ceil(gpus / most_gpus) if gpus and most_gpus else 0,
+                           math.ceil(memory / max(s.memory for s in shares))
+                           if memory and all(s.memory for s in shares) else 0)
+            fewest.append(len(members) + 1 if gpus and not most_gpus else per_rank * ranks)
+        self._fewest[need] = fewest
+        return fewest
 
     def _pick(self, candidates: Sequence[int], cores: int, gpus: int, memory: int,
               ranks: int) -> tuple[list[int], list[list[int]]] | None:
@@ -199,9 +237,13 @@ class Placer:
     def release(self, placement: Placement) -> None:
         """The task on ``placement`` finished (or failed): its slots take work again."""
         load, depth = self.load, self.depth
+        if self._no_room:
+            self._no_room.clear()
         for i in placement.slots:
             full = load[i] >= depth
             load[i] -= _HELD if placement.exclusive else 1
+            if not load[i]:
+                self._busy[self._node_of[i]] -= 1
             if full and load[i] < depth:
                 self._roomy += 1
             self._list(i)

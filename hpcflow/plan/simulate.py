@@ -26,6 +26,7 @@ Python lists (not numpy scalars), which is what makes the constant small.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,8 +75,9 @@ class _Simulation:
     """The run state, in plain containers: the ready heap, the event heap of running
     tasks, in-degree counters, and the Placer's own bookkeeping of slots."""
 
-    __slots__ = ("events", "finish", "indeg", "n", "need", "need_of", "placements", "placer",
-                 "plan", "priority", "ready", "slot", "slot_free", "start", "succ", "succ_ptr", "time")
+    __slots__ = ("events", "finish", "indeg", "n", "need", "need_of", "place", "placements",
+                 "placer", "plan", "priority", "ready", "slot", "slot_free", "start", "succ",
+                 "succ_ptr", "time")
 
     def __init__(self, plan: Plan, analysis: Analysis, slots: Sequence[Slot], depth: int) -> None:
         self.plan, self.n = plan, plan.n
@@ -83,6 +85,7 @@ class _Simulation:
         self.need, need_of = _shapes(plan)  # distinct (cores, gpus, memory, ranks)
         self.need_of = need_of.tolist()
         self._check_fits(need_of)
+        self.place = [functools.partial(self.placer.place, *shape) for shape in self.need]
         self.priority = (-analysis.priority).tolist()
         self.time = plan.time.tolist()
         self.succ_ptr, self.succ = plan.succ_ptr.tolist(), plan.succ.tolist()
@@ -135,14 +138,17 @@ class _Simulation:
         """One round of the engine's dispatch (rule 3 of the module doc); a task placed
         starts now, or on a busy slot (``depth > 1``) when that slot's queue drains."""
         ready, placer, slot_free, dur = self.ready, self.placer, self.slot_free, self.time
-        need, need_of, place = self.need, self.need_of, placer.place
+        need_of, place = self.need_of, self.place
         push, events = heapq.heappush, self.events
         aside: list[tuple[float, int]] = []
+        failed: set[int] = set()  # needs that found no room this round: no release comes
         while ready and not placer.full:
             item = ready.pop()
             i = item[1]
-            placement = place(*need[need_of[i]])
+            k = need_of[i]
+            placement = None if k in failed else place[k]()
             if placement is None:
+                failed.add(k)
                 aside.append(item)
                 if len(aside) >= MAX_SET_ASIDE:
                     break

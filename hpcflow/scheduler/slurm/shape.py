@@ -60,12 +60,12 @@ class Shape:
 
 @dataclass(frozen=True)
 class Need:
-    """What the plan asks of ranks of ``cpus_per_task`` cores."""
+    """What the plan asks of ranks of ``cpus_per_task`` cores on a partition, each with
+    its share of a node's memory (in proportion to its cores)."""
 
-    useful_slots: int  # ranks the plan can use at once (its ASAP peak)
-    max_span: int  # most ranks one task holds
-    slot_memory: int  # bytes per rank so that memory never makes a task hold more ranks
-    peak_gpus: int
+    useful_slots: int  # ranks the plan can use at once (its ASAP peak: cores or memory)
+    max_span: int  # most ranks one task holds (cores or memory)
+    task_memory: int  # the most memory one task needs on its node (memory x ranks)
 
 
 @dataclass(frozen=True)
@@ -94,56 +94,58 @@ def axis_for(part: Partition, plan: Plan, analysis: Analysis, over: Overrides, *
             over.cpus_per_task or over.ntasks_per_node or over.ntasks):
         return _gpu_axis(part, plan, analysis, over, nodes)
     cpt = over.cpus_per_task or 1
-    need = need_of(plan, analysis, cpt)
+    need = need_of(plan, analysis, part, cpt)
     per_node = part.cores_per_node // cpt
     gpus = over.gpus_per_node or 0
 
     def build(n: int, ntasks: int) -> Shape:
-        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, need.slot_memory))
+        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, need.task_memory))
 
     if over.ntasks_per_node or (part.whole_nodes and not over.ntasks):
         ntasks = over.ntasks_per_node or per_node
         if nodes:
             return Axis(part, "nodes", nodes, nodes, lambda n: build(n, ntasks))
         useful = max(need.useful_slots, need.max_span) + 1
-        hi = max(math.ceil(useful / ntasks), math.ceil(analysis.demand.peak_memory / part.memory))
-        return Axis(part, "nodes", 1, max(1, min(part.nodes, hi)), lambda n: build(n, ntasks))
+        return Axis(part, "nodes", 1, max(1, min(part.nodes, math.ceil(useful / ntasks))),
+                    lambda n: build(n, ntasks))
 
     def over_nodes(workers: int, n: int) -> Shape:
         return build(n, min(per_node, max(math.ceil((workers + 1) / n), need.max_span + (n == 1))))
 
     def fewest(workers: int) -> Shape:
-        """The fewest nodes that hold the ranks, and the memory they may use at once."""
-        memory = min(workers * need.slot_memory, analysis.demand.peak_memory)
-        return over_nodes(workers, nodes or min(part.nodes, max(
-            math.ceil((workers + 1) / per_node), math.ceil(memory / part.memory))))
+        return over_nodes(workers, nodes or math.ceil((workers + 1) / per_node))
 
-    wider = None if nodes else over_nodes
     if over.ntasks:  # rounded up to the same ranks on every node
         return Axis(part, "workers", over.ntasks - 1, over.ntasks - 1, fewest)
     capacity = (nodes or part.nodes) * per_node - 1
     lo = min(capacity, max(1, need.max_span, (nodes or 1) - 1))
     hi = max(lo, min(capacity, max(need.useful_slots, need.max_span)))
-    return Axis(part, "workers", lo, hi, fewest, wider)
+    wide = over_nodes if need.max_span > 1 and not nodes else None  # equal one-rank tasks: no gain
+    return Axis(part, "workers", lo, hi, fewest, wide)
 
 
 def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
               nodes: int | None) -> Axis:
-    """GPUs in all, one worker rank per GPU (see :func:`_gpu_ranks`): on whole nodes the
-    axis counts nodes, each with all its GPUs."""
-    node_gpus = part.gpus_per_node
-    need = need_of(plan, analysis, 1)
-    memory_need = need_of(plan, analysis, 1).slot_memory
+    """GPUs in all, over the fewest nodes that hold them, each node's cores and memory in
+    proportion to its GPUs as one-core ranks (what the site charges for anyway: a GPU
+    job pays for the larger of its GPU and core shares); on whole nodes the axis counts
+    nodes, each with all its GPUs and cores. The engine gives the node's GPU ids to its
+    first worker ranks, one each, and a GPU task holds its GPU's rank and enough others
+    for its cores and memory."""
+    node_gpus, cores = part.gpus_per_node, part.cores_per_node
+    need = need_of(plan, analysis, part, 1)
 
     def build(n: int, gpus: int) -> Shape:
-        ntasks, cpt, gpus = _gpu_ranks(n, part, gpus)
-        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, memory_need))
+        gpus = max(1, min(node_gpus, gpus))
+        ntasks = min(cores, max(cores * gpus // node_gpus, gpus + 1, need.max_span + (n == 1)))
+        return Shape(n, ntasks, 1, gpus, over.memory or _memory(part, ntasks, 1, need.task_memory))
 
     if part.whole_nodes or over.gpus_per_node:
         per = over.gpus_per_node or node_gpus
         if nodes:
             return Axis(part, "nodes", nodes, nodes, lambda n: build(n, per))
-        hi = math.ceil(max(analysis.demand.peak_gpus, need.useful_slots) / per)
+        hi = math.ceil(max(analysis.demand.peak_gpus / per,
+                           (need.useful_slots + 1) / max(1, cores * per // node_gpus)))
         return Axis(part, "nodes", 1, max(1, min(part.nodes, hi)), lambda n: build(n, per))
 
     def over_nodes(total: int, n: int) -> Shape:
@@ -153,32 +155,28 @@ def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
         return over_nodes(total, nodes or math.ceil(total / node_gpus))
 
     most = (nodes or part.nodes) * node_gpus
+    per_gpu = cores / node_gpus
+    useful = max(analysis.demand.peak_gpus, math.ceil((need.useful_slots + 1) / per_gpu))
     lo = min(most, max(1, analysis.demand.max_gpus * analysis.demand.max_ranks, nodes or 1))
-    hi = max(lo, min(most, max(analysis.demand.peak_gpus, need.useful_slots)))
+    hi = max(lo, min(most, useful))
     return Axis(part, "GPUs", lo, hi, fewest, None if nodes else over_nodes)
 
 
-def _gpu_ranks(nodes: int, part: Partition, gpus: int) -> tuple[int, int, int]:
-    """``(ranks per node, cores per rank, GPUs per node)`` for a plan that uses GPUs: one
-    worker rank per GPU, so that every worker of a node gets an equal GPU share (the
-    engine's placement assumes the shares of one node are equal), with the node's cores
-    in proportion. On one node the coordinator rank comes on top; on several, every GPU
-    gets its rank (the first node's coordinator takes one of them)."""
-    cores, node_gpus = part.cores_per_node, part.gpus_per_node
-    gpus = max(1, min(node_gpus, gpus))
-    if nodes == 1:
-        ntasks = min(cores, gpus + 1)
-        return ntasks, max(1, cores * gpus // node_gpus // ntasks), gpus
-    ntasks = min(cores, gpus)
-    return ntasks, cores * gpus // node_gpus // ntasks, gpus
-
-
-def _memory(part: Partition, ntasks: int, cpt: int, slot_memory: int) -> int:
-    """The node's memory in proportion to the cores taken, or what the tasks need per rank
-    if that is more; never more than the node has; whole megabytes."""
+def _memory(part: Partition, ntasks: int, cpt: int, task_memory: int) -> int:
+    """The node's memory in proportion to the cores taken (a task needing more than its
+    rank's share holds more ranks), at least what the biggest task needs on its node;
+    whole megabytes."""
     share_of_node = part.memory * ntasks * cpt // part.cores_per_node
-    memory = min(part.memory, max(share_of_node, slot_memory * ntasks))
+    memory = min(part.memory, max(share_of_node, task_memory))
     return max(MB, memory // MB * MB) if memory >= part.memory else math.ceil(memory / MB) * MB
+
+
+def with_ranks(shape: Shape, part: Partition, plan: Plan, analysis: Analysis, nodes: int,
+               ntasks: int) -> Shape:
+    """``shape`` on ``nodes`` nodes of ``ntasks`` ranks, memory again in proportion."""
+    need = need_of(plan, analysis, part, shape.cpus_per_task)
+    return Shape(nodes, ntasks, shape.cpus_per_task, shape.gpus_per_node,
+                 _memory(part, ntasks, shape.cpus_per_task, need.task_memory))
 
 
 def charged_fraction(shape: Shape, part: Partition) -> float:
@@ -215,15 +213,18 @@ def charge(shape: Shape, part: Partition, seconds: float) -> float:
     return shape.nodes * charged_fraction(shape, part) * per_node * seconds / 3600
 
 
-def need_of(plan: Plan, analysis: Analysis, cpt: int) -> Need:
-    span = [math.ceil(int(plan.cores[g.start]) / cpt) for g in plan.groups if g.size]
-    ranks = [int(plan.ranks[g.start]) for g in plan.groups if g.size]
-    memory = [math.ceil(int(plan.memory[g.start]) / s) for g, s in
-              zip((g for g in plan.groups if g.size), span, strict=True)]
+def need_of(plan: Plan, analysis: Analysis, part: Partition, cpt: int) -> Need:
+    """What the plan needs of ranks of ``cpt`` cores, and memory in proportion, on ``part``."""
+    share = part.memory * cpt / part.cores_per_node
+    groups = [g for g in plan.groups if g.size]
+    spans = [max(math.ceil(int(plan.cores[g.start]) / cpt),
+                 math.ceil(int(plan.memory[g.start]) / share)) * int(plan.ranks[g.start])
+             for g in groups]
     demand = analysis.demand
-    return Need(useful_slots=max(1, math.ceil(demand.peak_cores / cpt)),
-                 max_span=max((s * r for s, r in zip(span, ranks, strict=True)), default=1),
-                 slot_memory=max(memory, default=0), peak_gpus=demand.peak_gpus)
+    useful = max(demand.peak_cores / cpt, demand.peak_memory / share)
+    return Need(useful_slots=max(1, math.ceil(useful)), max_span=max(spans, default=1),
+                task_memory=max((int(plan.memory[g.start]) * int(plan.ranks[g.start])
+                                 for g in groups), default=0))
 
 
 def memory_request(shape: Shape, style: str) -> tuple[str, int]:

@@ -12,14 +12,18 @@ GPUs stays off GPU partitions when a CPU one fits; ``--partition`` names one):
 
 - shared nodes: any number of one-core worker ranks (``--cpus-per-task`` for more),
   spread evenly over the fewest nodes that hold them (``--nodes``, ``--ntasks-per-node``
-  and ``--cpus-per-task`` per node), memory in proportion to the cores taken, more if
-  the tasks need more per rank. A task needing more cores holds several ranks of one
-  node (the engine's span rule), so nothing is lost to rounding;
+  and ``--cpus-per-task`` per node), memory in proportion to the cores taken (at least
+  the biggest task's). A task needing more cores or memory than one rank's share holds
+  several ranks of one node (the engine's span rule), so nothing is lost to rounding;
+  where tasks hold several ranks, the top of the axis is also tried over more nodes;
 - whole nodes (``whole_nodes: true`` in the profile): every core of each node as a rank;
   the node count varies;
-- a plan that uses GPUs: one worker rank per GPU, with the node's cores and memory in
-  proportion (the engine's placement assumes equal shares on a node); the number of
-  GPUs varies, over the fewest nodes that hold them (whole nodes: all their GPUs).
+- a plan that uses GPUs: the number of GPUs varies, over the fewest nodes that hold them,
+  with the nodes' cores (as one-core ranks) and memory in proportion (a GPU job pays for
+  the larger of its GPU and core shares, so the cores come free); the engine gives each
+  node's GPUs to its first worker ranks. List schedules of GPU tasks that hold several
+  ranks are sensitive to the rank count, so a few rank counts are also tried on the
+  cheapest good GPU shape and on one node fewer.
 
 **Cost** is what the site charges (:func:`.shape.cost`): core-hours of the cores,
 memory or GPUs taken (the largest share, as Slurm's billing counts), node-hours on
@@ -70,6 +74,7 @@ from hpcflow.scheduler.slurm.shape import (
     charge,
     cost,
     cost_unit,
+    with_ranks,
 )
 
 __all__ = ["Candidate", "Overrides", "Shape", "Sizing", "requested_time", "signal_lead", "size"]
@@ -184,6 +189,9 @@ class _Search:
         for axis in self.axes:
             front.threshold(front.grid(axis), lambda k, a=axis: self.good(self.at(a, k)))
         self.fastest = self._fastest()
+        for axis in self.axes:
+            if axis.what == "GPUs" or (axis.what == "nodes" and analysis.demand.peak_gpus):
+                self._fewer_ranks(axis.partition)
         self.candidates = tuple(sorted(self.seen.values(), key=self._order))
 
     def at(self, axis: Axis, k: int) -> Candidate:
@@ -210,6 +218,23 @@ class _Search:
                                          wide.makespan >= best.makespan * (1 - 1e-9)):
                 break
             best = wide
+
+    def _fewer_ranks(self, part: Partition) -> None:
+        """GPU jobs pay for the GPUs; how many one-core ranks share a node's cores then
+        changes the schedule (GPU tasks hold several ranks) but not the cost: try a few
+        rank counts on the cheapest good candidate's GPUs, on it and one node fewer."""
+        good = [c for c in self.seen.values() if c.partition is part and self.good(c)]
+        if not good:
+            return
+        best = min(good, key=self.rank).shape
+        cores, gpus = part.cores_per_node, best.gpus_per_node
+        counts = {cores, cores - 1, cores - 2, cores - 3, cores * 7 // 8, cores * 3 // 4,
+                  cores // 2, gpus + 1}
+        for nodes in (best.nodes, best.nodes - 1):
+            for ntasks in sorted(c for c in counts if gpus < c <= cores):
+                if nodes >= 1:
+                    self._at_shape(part, with_ranks(best, part, self.plan, self.analysis,
+                                                    nodes, ntasks))
 
     def good(self, c: Candidate) -> bool:
         """Fits the limit and, without a deadline, is within the tolerance of the fastest."""

@@ -11,6 +11,7 @@ they drive :func:`job_state`'s fallbacks with recorded Slurm answers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,9 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from hpcflow.engine import walltime
+from hpcflow.engine.walltime import signal_marker
 from hpcflow.scheduler.slurm import follow
 from hpcflow.scheduler.slurm._cmd import run_slurm
 from hpcflow.scheduler.slurm.errors import SlurmError
+from hpcflow.scheduler.slurm.script import NEXT_NAME
+from hpcflow.store.journal import Event, read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "examples" / "sweep" / "workflow.yaml"
@@ -107,8 +112,6 @@ def test_describe_says_it_in_one_line():
 
 
 def test_the_chain_follows_the_continuations_the_script_noted(tmp_path):
-    from hpcflow.scheduler.slurm.script import NEXT_NAME
-
     info = {**_info(tmp_path), "slurm_jobs": ["40", "41"]}
     for job, following in (("42", "43"), ("43", "44"), ("44", "nonsense"), ("30", "31")):
         (tmp_path / "batch" / NEXT_NAME.format(job=job)).write_text(f"{following}\n")
@@ -426,26 +429,32 @@ def test_submit_resume_continues_a_failed_job_in_its_folder(cluster, tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_usr1_reaches_every_rank_through_srun(cluster, tmp_path):
+@pytest.mark.timeout(150)
+def test_usr1_never_reaches_the_ranks(cluster, tmp_path):
+    """The batch script notes USR1 in its marker file and passes it to no rank: ranks
+    that would die of it (as ranks without a handler yet do) run on to their end."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    fake = tmp_path / "fakepython"  # stands in for the engine, which handles USR1 later
+    fake = tmp_path / "fakepython"  # stands in for the engine
     fake.write_text(textwrap.dedent(f"""\
         #!/bin/bash
-        trap 'echo usr1 > "{marks}/rank-$SLURM_PROCID"; exit 0' USR1
+        trap 'echo usr1 > "{marks}/rank-$SLURM_PROCID"' USR1
         touch "{marks}/started-$SLURM_PROCID"
-        sleep 100 & wait $!
+        sleep 6 & wait $!
+        sleep 1 & wait $!
         """))
     fake.chmod(0o755)
     result = submit(SWEEP, "--nodes", "2", "--python", str(fake), cwd=tmp_path)
-    deadline = time.monotonic() + 60
+    job, run_dir = result["job_id"], result["run_dir"]
+    deadline = time.monotonic() + 90
     while len(list(marks.glob("started-*"))) < 4:
         assert time.monotonic() < deadline, "the ranks did not start"
-        time.sleep(POLL)
-    sent = run_slurm(["scancel", "--signal=USR1", "--batch", result["job_id"]])
-    assert sent.returncode == 0, sent.stderr
-    assert wait_final(result["run_dir"], timeout=60)["state"] == "COMPLETED"
-    assert sorted(p.name for p in marks.glob("rank-*")) == [f"rank-{r}" for r in range(4)]
+        time.sleep(0.2)
+    _signal(job)
+    assert wait_final(run_dir, timeout=60)["state"] == "COMPLETED"
+    assert not list(marks.glob("rank-*"))
+    assert signal_marker(run_dir, job).is_file()  # so a continuation was submitted, and then
+    assert not (Path(run_dir) / "batch" / NEXT_NAME.format(job=job)).exists()  # cancelled
 
 
 @pytest.mark.slurm
@@ -646,61 +655,203 @@ NAPS_PY = """\
 import os, time
 
 
-def nap(i, log):
+def nap(i, seconds, log):
     with open(log, "a") as fh:
-        fh.write(f"{i} {os.environ.get('SLURM_JOB_ID')}\\n")
-    time.sleep(6.0)
+        fh.write(f"{i} {os.environ.get('SLURM_JOB_ID')} {time.time():.2f}\\n")
+    time.sleep(seconds)
     return i
 """
 
 NAPS_YAML = """\
-name: dask-naps
+name: {name}
 defaults:
-  resources: {{cores: 1, memory: 100M, time: 6s}}
+  resources: {{cores: 1, memory: 100M, time: {estimate}}}
 tasks:
   - id: nap
     python: naps:nap
-    sweep: {{product: {{i: {{range: [0, 6]}}}}}}
-    args: {{log: {log}}}
+    sweep: {{product: {{i: {{range: [0, {n}]}}}}}}
+    args: {{seconds: {seconds}, log: {log}}}
 """
+
+
+def _naps(tmp_path: Path, n: int, seconds: float, estimate: str) -> tuple[Path, Path, str]:
+    """``n`` tasks that sleep ``seconds`` and declare ``estimate``; each appends
+    ``i job time`` to the log when it starts. Returns the spec, the log, the job name."""
+    log = tmp_path / "naps.log"
+    (tmp_path / "naps.py").write_text(NAPS_PY)
+    name = f"naps-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "naps.yaml"
+    spec.write_text(NAPS_YAML.format(name=name, n=n, seconds=seconds, estimate=estimate,
+                                     log=json.dumps(str(log))))
+    return spec, log, name
+
+
+def _starts(log: Path) -> list[tuple[int, str, float]]:
+    if not log.exists():
+        return []
+    return [(int(i), job, float(at)) for i, job, at in
+            (line.split() for line in log.read_text().splitlines())]
+
+
+def _signal(job: str) -> None:
+    sent = run_slurm(["scancel", "--signal=USR1", "--batch", job])
+    assert sent.returncode == 0, sent.stderr
+
+
+def _queued(name: str) -> list[str]:
+    done = run_slurm(["squeue", "-h", "-n", name, "-o", "%i %T"])
+    return done.stdout.split("\n")[:-1]
+
+
+def _wait_running(job: str, timeout: float = 120.0) -> float:
+    """Poll (every 0.1 s) until ``job`` runs; the time it was first seen running."""
+    deadline = time.monotonic() + timeout
+    while run_slurm(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job} did not start"
+        time.sleep(0.1)
+    return time.time()
+
+
+def _wait_status(run_dir: str, timeout: float) -> dict:
+    """Poll run.json until the run has an outcome that no continuation will change."""
+    deadline = time.monotonic() + timeout
+    while (info := run_info(run_dir)).get("status") not in ("succeeded", "failed", "stalled"):
+        assert time.monotonic() < deadline, info
+        time.sleep(POLL)
+    return info
+
+
+def _jobs(info: dict) -> list[str]:
+    return [*info.get("slurm_jobs", []), info["slurm_job_id"]]
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_usr1_continues_a_dask_run_in_a_job_with_a_new_cluster(cluster, tmp_path):
-    """USR1 to the batch shell (as Slurm sends it before the walltime) reaches the
-    coordinator: it starts nothing more, the running tasks finish, the run exits 75 and
-    the continuation job, with a Dask cluster of its own, runs the rest."""
-    pytest.importorskip("distributed", reason="pip install 'hpcflow-mpi[dask]'")
-    log = tmp_path / "naps.log"
-    (tmp_path / "naps.py").write_text(NAPS_PY)
-    spec = tmp_path / "naps.yaml"
-    spec.write_text(NAPS_YAML.format(log=json.dumps(str(log))))
+def test_early_and_repeated_usr1_are_warnings_and_the_run_finishes_in_its_job(cluster, tmp_path):
+    """Tasks that take what they declare, in the job the sizing asked for: a USR1 right
+    after the job starts, and three more during the run, kill no step and start no other
+    job; the job ends COMPLETED well within its limit."""
+    spec, log, name = _naps(tmp_path, 9, 6.0, "6s")
+    result = submit(spec, "--nodes", "2", cwd=tmp_path)
+    job, run_dir = result["job_id"], result["run_dir"]
+    started = _wait_running(job)
+    _signal(job)
+    signalled = time.time() - started
+    deadline = time.monotonic() + 90
+    while len(_starts(log)) < 4:  # the second round of tasks has begun
+        assert time.monotonic() < deadline, "no tasks started"
+        time.sleep(0.2)
+    for _ in range(3):
+        _signal(job)
+        time.sleep(0.3)
+    state = wait_final(run_dir, timeout=120)
+    info = run_info(run_dir)
+    print(f"\nearly USR1 {signalled:.2f} s after the job started; job {state['state']} "
+          f"after {state['elapsed']}")
+    assert signalled < 1.5
+    assert state["state"] == "COMPLETED" and info["status"] == "succeeded", \
+        _batch_text(run_dir, job, "err")
+    assert _jobs(info) == [job]
+    assert sorted(i for i, _, _ in _starts(log)) == list(range(9))
+    assert signal_marker(run_dir, job).is_file()
+    record = sacct_job(job)
+    assert record["State"] == "COMPLETED" and record["ExitCode"] == "0:0"
+    limit = scontrol_job(job)["TimeLimit"]
+    assert _seconds(state["elapsed"]) < _seconds(limit)
+    assert not _queued(name)  # the continuation submitted at the first USR1 was cancelled
+
+
+def _seconds(text: str) -> int:
+    """``[D-]HH:MM:SS`` or ``MM:SS`` as seconds."""
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_workflow_longer_than_the_limit_goes_on_in_a_chain_of_completed_jobs(cluster, tmp_path):
+    """Thirty 5-s tasks (150 s of work, 50 s on 3 workers) in one-minute jobs: each job
+    starts what fits before its end minus the grace, hands over (exit 0), and the chain
+    finishes on its own; every task ran once, in at most ceil(work / usable) + 1 jobs."""
+    spec, log, _ = _naps(tmp_path, 30, 5.0, "5s")
     started = time.monotonic()
-    result = submit(spec, "--engine", "dask", "--nodes", "2", cwd=tmp_path)
-    first, run_dir = result["job_id"], result["run_dir"]
-    deadline = time.monotonic() + 120
-    while not (log.exists() and log.read_text().strip()):
-        assert time.monotonic() < deadline, "no task started"
-        time.sleep(0.5)
-    sent = run_slurm(["scancel", "--signal=USR1", "--batch", first])
-    assert sent.returncode == 0, sent.stderr
-    deadline = time.monotonic() + 240
-    while (info := run_info(run_dir)).get("status") not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, info
-        time.sleep(POLL)
-    print(f"\ndask run continued after USR1: {info['status']} after "
+    result = submit(spec, "--nodes", "2", "--time", "1m", cwd=tmp_path)
+    info = _wait_status(result["run_dir"], timeout=360)
+    jobs = _jobs(info)
+    print(f"\nchain of {len(jobs)} one-minute jobs: {info['status']} after "
           f"{time.monotonic() - started:.1f} s")
-    second = info["slurm_job_id"]
-    assert info["status"] == "succeeded" and second != first, info
-    assert "the dask cluster stopped" in _batch_text(run_dir, first, "err")
-    runs = [line.split() for line in log.read_text().splitlines()]
-    assert sorted(int(i) for i, _ in runs) == list(range(6))  # each task ran once
-    assert {job for _, job in runs} == {first, second}  # some in each job
-    assert wait_final(run_dir)["state"] == "COMPLETED"
-    for job in (first, second):
-        _no_processes_left(job)
+    assert info["status"] == "succeeded", info
+    starts = _starts(log)
+    assert sorted(i for i, _, _ in starts) == list(range(30))  # each task once
+    usable = 60 - walltime.GRACE
+    assert 2 <= len(jobs) <= math.ceil(30 * 5.0 / 3 / usable) + 1
+    assert {j for _, j, _ in starts} == set(jobs)  # every job did some of the work
+    for job in jobs:
+        assert sacct_job(job)["State"] == "COMPLETED", (job, _batch_text(info["run_dir"], job, "err"))
+    kinds = [e[0] for e in read_journal(Path(info["run_dir"]) / "journal.bin")]
+    assert kinds.count(Event.DONE) == 30 and Event.STOPPED not in kinds
+    status = hpcflow("status", info["run_dir"], cwd=tmp_path)
+    assert f"Slurm job {jobs[-1]}: COMPLETED" in status.stdout, status.stdout
+    assert f"job {len(jobs)} of its chain" in status.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_chain_whose_jobs_finish_nothing_stops_after_three(cluster, tmp_path):
+    """A task that needs longer than any job gives, declared short: each job starts it,
+    stops it at its end minus the grace and hands over (COMPLETED, not TIMEOUT); the
+    third job in a row that finished nothing ends the chain with a message."""
+    spec, log, name = _naps(tmp_path, 1, 600.0, "10s")
+    started = time.monotonic()
+    result = submit(spec, "--engine", "local", "--nodes", "1", "--time", "1m", cwd=tmp_path)
+    info = _wait_status(result["run_dir"], timeout=330)
+    run_dir, jobs = info["run_dir"], _jobs(info)
+    print(f"\nidle chain: {info['status']} after {len(jobs)} jobs, "
+          f"{time.monotonic() - started:.1f} s")
+    assert info["status"] == "stalled" and len(jobs) == walltime.IDLE_JOBS
+    assert [sacct_job(j)["State"] for j in jobs] == ["COMPLETED", "COMPLETED", "FAILED"]
+    assert "3 jobs in a row finished no task" in _batch_text(run_dir, jobs[-1], "err")
+    kinds = [e[0] for e in read_journal(Path(run_dir) / "journal.bin")]
+    assert kinds.count(Event.STOPPED) == 3 and Event.DONE not in kinds
+    assert [j for _, j, _ in _starts(log)] == jobs  # started once in each job
+    deadline = time.monotonic() + 30
+    while _queued(name):  # the continuation the last job submitted at USR1 is cancelled
+        assert time.monotonic() < deadline, _queued(name)
+        time.sleep(POLL)
+    status = hpcflow("status", run_dir, cwd=tmp_path)
+    assert "status   stalled" in status.stdout and "in a row finished no task" in status.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_usr1_during_the_dask_cluster_start_and_the_run_kills_nothing(cluster, tmp_path):
+    """USR1 while the job's own Dask cluster starts, and again while tasks run: the
+    cluster comes up, the run finishes in this job, which ends COMPLETED."""
+    pytest.importorskip("distributed", reason="pip install 'hpcflow-mpi[dask]'")
+    spec, log, name = _naps(tmp_path, 6, 3.0, "3s")
+    result = submit(spec, "--engine", "dask", "--nodes", "2", cwd=tmp_path)
+    job, run_dir = result["job_id"], result["run_dir"]
+    _wait_running(job)
+    _signal(job)
+    deadline = time.monotonic() + 120
+    while not _starts(log):
+        assert time.monotonic() < deadline, "no task started"
+        time.sleep(0.2)
+    _signal(job)
+    state = wait_final(run_dir, timeout=180)
+    err = _batch_text(run_dir, job, "err")
+    assert state["state"] == "COMPLETED" and run_info(run_dir)["status"] == "succeeded", err
+    assert "the dask cluster stopped" in err
+    assert sorted(i for i, _, _ in _starts(log)) == list(range(6))
+    assert not _queued(name)
+    _no_processes_left(job)
 
 
 GPU_SPREAD = """\

@@ -133,8 +133,5 @@ def test_memory_bound_tasks_hold_more_ranks_or_ask_for_more_memory():
         Shape(1, 9, 1, 0, 36 * G)
 
 
-@pytest.mark.xfail(reason="Placer.one_slot decides from slot 0 alone: on 3 nodes x 2 ranks of "
-                   "8G, the first node's one worker has 8G and the others 4G each, yet every 8G "
-                   "task takes one slot, so the simulation runs 3 x 2 x 1 in 100 s, not 200 s")
 def test_memory_bound_knee_on_several_nodes():
     assert memory_bound().knee.shape == Shape(1, 9, 1, 0, 36 * G)

@@ -88,6 +88,11 @@ class Placer:
         self._busy = [0] * len(names)  # per node: slots whose load is not 0
         self._fewest: dict[tuple[int, int, int, int], list[int]] = {}
         self._one: dict[tuple[int, int, int, int], bool] = {}  # need -> takes one slot
+        self._smallest = Slot(-1, "", min(s.cores for s in self.slots), (),
+                              0 if any(not s.memory for s in self.slots)
+                              else min(s.memory for s in self.slots))
+        """The smallest share: a task that fits it takes one slot anywhere (the first node's
+        workers share its memory with one rank fewer, the coordinator, so shares differ)."""
         self._single = [Placement((s.index,), (s.index,), (s.gpus,)) for s in self.slots]
         self._open: deque[int] = deque(s.index for s in self.slots)
         self._listed = [True] * len(self.slots)  # in _open
@@ -129,9 +134,9 @@ class Placer:
         return self.place_one() if one else self._place_many(cores, gpus, memory, ranks)
 
     def one_slot(self, cores: int, gpus: int, memory: int, ranks: int) -> bool:
-        """Whether such a task takes one slot (:meth:`place_one`); the engine asks once
-        per distinct need."""
-        return ranks == 1 and not gpus and span(self.slots[0], cores, 0, memory) == 1
+        """Whether such a task takes one slot (:meth:`place_one`) whichever slot it gets;
+        the engine asks once per distinct need."""
+        return ranks == 1 and not gpus and span(self._smallest, cores, 0, memory) == 1
 
     def place_one(self) -> Placement | None:
         """:meth:`place` for a task that takes one slot (see :meth:`one_slot`)."""

@@ -45,7 +45,7 @@ node-hours on whole nodes, else core-hours.
 For each (shape, profile) it prints the sizer's choice, requested cost / knee cost,
 predicted makespan / fastest, requested time / predicted makespan, the sizer's wall
 time, and checks the targets of issue #13 (:data:`TARGETS`). It also times ``size`` on
-one 10^4-task plan. Exit status 1 if a target is missed.
+one 10^4-task plan (the best of 3 runs). Exit status 1 if a target is missed.
 
     python benchmarks/bench_sizing.py [--shapes fanout ...] [--profiles shared48 ...]
                                       [--json FILE] [--quick]
@@ -239,6 +239,7 @@ class Point:
     shape: Shape
     makespan: float
     cost: float
+    partition: str = ""
 
 
 @dataclass
@@ -342,7 +343,7 @@ def search(plan: Plan, analysis: Analysis, part: Partition, whole: bool, memory_
             continue
         makespan = sim(shape)
         if makespan is not None:
-            points.append(Point(shape, makespan, cost(shape, part, whole, makespan)))
+            points.append(Point(shape, makespan, cost(shape, part, whole, makespan), part.name))
             best = min(best, makespan)
     return _pick(points, len(listed), len(sim.cache))
 
@@ -422,6 +423,8 @@ def check(name: str, plan: Plan, prof: Profile, whole: bool) -> Row:
         row.status, row.note = "error", "the brute force found no shape that runs the plan"
         return row
     _fill(row, sizing, found, whole)
+    if len(prof.partitions) > 1:
+        row.chosen, row.knee = f"{sizing.partition.name}:{row.chosen}", f"{found.knee.partition}:{row.knee}"
     own = Simulator(plan, analysis, sizing.partition, prof.memory)(sizing.chosen.shape)
     if row.makespan is not None and (own is None or abs(own - row.makespan) > 1e-6 * max(1.0, own)):
         row.note = f"the sizer predicts {row.makespan:.0f} s, the simulator {own} s on its shape"
@@ -453,16 +456,20 @@ def _fill(row: Row, sizing: Any, found: Search, whole: bool) -> None:
         row.note = "the sizer found a shape the brute force missed"
 
 
-def time_large(prof: Profile, tasks: int = 10_000) -> dict[str, Any]:
-    """Wall and CPU seconds of ``size`` on a fork-join plan of about ``tasks`` tasks."""
+def time_large(prof: Profile, tasks: int = 10_000, repeat: int = 3) -> dict[str, Any]:
+    """Wall and CPU seconds of ``size`` on a fork-join plan of about ``tasks`` tasks,
+    the best of ``repeat`` runs (the machine is shared)."""
     plan = forkjoin(np.random.default_rng(1), tasks / 884)
     analysis = analyse(plan)
-    started, cpu = time.perf_counter(), time.process_time()
-    size(plan, analysis, prof)
-    seconds = time.perf_counter() - started
+    walls, cpus = [], []
+    for _ in range(repeat):
+        started, cpu = time.perf_counter(), time.process_time()
+        size(plan, analysis, prof)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
     return {"workload": "sizing-large", "profile": prof.name, "tasks": plan.n,
-            "size_seconds": round(seconds, 3), "size_cpu_seconds": round(time.process_time() - cpu, 3),
-            "ok": seconds <= TARGETS["size_seconds"]}
+            "size_seconds": round(min(walls), 3), "size_cpu_seconds": round(min(cpus), 3),
+            "ok": min(walls) <= TARGETS["size_seconds"]}
 
 
 def _num(value: float | None, digits: int = 2) -> str:

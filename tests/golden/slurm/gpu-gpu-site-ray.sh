@@ -4,11 +4,11 @@
 #SBATCH --account=ml-lab
 #SBATCH --constraint=a100&ib
 #SBATCH --nodes=1
-#SBATCH --ntasks-per-node=5
-#SBATCH --cpus-per-task=12
-#SBATCH --mem-per-gpu=120000M
-#SBATCH --gres=gpu:4
-#SBATCH --time=00:13:00
+#SBATCH --ntasks-per-node=32
+#SBATCH --cpus-per-task=1
+#SBATCH --mem-per-gpu=85334M
+#SBATCH --gres=gpu:3
+#SBATCH --time=00:24:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --output=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.err
@@ -97,7 +97,7 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 pid_head=
 ray_dir=/tmp/hpcflow-ray-"${SLURM_JOB_ID}"
 rm -rf -- "${ray_dir}"
-/opt/venv/bin/python -m ray.scripts.scripts start --head --port=0 --temp-dir="${ray_dir}" --num-cpus=48 --num-gpus=4 --memory=503316480000 --object-store-memory=100663296000 --include-dashboard=false --dashboard-agent-listen-port=0 --disable-usage-stats --block >/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/ray-head-"${SLURM_JOB_ID}".log 2>&1 &
+/opt/venv/bin/python -m ray.scripts.scripts start --head --port=0 --temp-dir="${ray_dir}" --num-cpus=31 --num-gpus=31 --memory=268435455998 --object-store-memory=53687091199 --include-dashboard=false --dashboard-agent-listen-port=0 --disable-usage-stats --block >/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/ray-head-"${SLURM_JOB_ID}".log 2>&1 &
 pid_head=$!
 address=$(timeout --kill-after=10 330 /opt/venv/bin/python -m hpcflow cluster wait ray --temp-dir="${ray_dir}" --timeout=300 --watch=head="${pid_head}") || cluster_failed
 

@@ -4,11 +4,11 @@
 #SBATCH --account=ml-lab
 #SBATCH --constraint=a100&ib
 #SBATCH --nodes=1
-#SBATCH --ntasks-per-node=5
-#SBATCH --cpus-per-task=12
-#SBATCH --mem-per-gpu=120000M
-#SBATCH --gres=gpu:4
-#SBATCH --time=00:13:00
+#SBATCH --ntasks-per-node=32
+#SBATCH --cpus-per-task=1
+#SBATCH --mem-per-gpu=85334M
+#SBATCH --gres=gpu:3
+#SBATCH --time=00:24:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --output=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/gpu-sweep-20260101-000000-1/batch/slurm-%j.err
@@ -52,7 +52,7 @@ module load cuda/12.2 mpich/4.1
 export HPCFLOW_MPI_BACKOFF=0.0005
 set +e
 
-mpiexec -n 5 /opt/venv/bin/python -m hpcflow run --engine mpi --resume /scratch/alice/runs/gpu-sweep-20260101-000000-1 /home/alice/flows/gpu.yaml &
+mpiexec -n 32 /opt/venv/bin/python -m hpcflow run --engine mpi --resume /scratch/alice/runs/gpu-sweep-20260101-000000-1 /home/alice/flows/gpu.yaml &
 step=$!
 wait "${step}"
 status=$?

@@ -3,11 +3,11 @@
 #SBATCH --partition=standard
 #SBATCH --account=proj042
 #SBATCH --qos=normal
-#SBATCH --nodes=17
-#SBATCH --ntasks-per-node=118
+#SBATCH --nodes=16
+#SBATCH --ntasks-per-node=126
 #SBATCH --cpus-per-task=1
-#SBATCH --mem-per-cpu=2048M
-#SBATCH --time=00:30:00
+#SBATCH --mem-per-cpu=2000M
+#SBATCH --time=00:53:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --output=/scratch/alice/runs/wide-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/wide-sweep-20260101-000000-1/batch/slurm-%j.err

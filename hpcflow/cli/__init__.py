@@ -29,6 +29,8 @@ EXIT_WALLTIME = 75  # hpcflow.engine.walltime.EXIT_WALLTIME
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hpcflow.cli.history import add_history_command
+
     parser = argparse.ArgumentParser(
         prog="hpcflow", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Define, check, plan and run workflows of tasks on a workstation, "
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="store_true",
                    help="also size one Slurm job for it: candidates, choice and why")
     _sizing_options(p)
+    _history_options(p)
 
     _run_command(sub, target_help)
 
@@ -76,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help=run_help)
     p.add_argument("-o", "--output", help="the file (default: <run>/trace.tsv; - for stdout)")
     _slurm_commands(sub, target_help, run_help)
+    add_history_command(sub)
     return parser
 
 
@@ -112,6 +116,13 @@ def _run_command(sub: argparse._SubParsersAction, target_help: str) -> None:
                    "child process: a task that crashes (segfault) fails alone")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+    _history_options(p)
+
+
+def _history_options(p: argparse.ArgumentParser) -> None:
+    from hpcflow.cli.history import add_history_options
+
+    add_history_options(p)
 
 
 def _sizing_options(p: argparse.ArgumentParser) -> None:
@@ -158,6 +169,7 @@ def _slurm_commands(sub: Any, target_help: str, run_help: str) -> None:
     p.add_argument("--runs-root", help="where new run folders go (default: $HPCFLOW_RUNS or "
                    "./hpcflow-runs)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _history_options(p)
 
     p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted run (scancel)")
     p.add_argument("run", help=run_help)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcflow.cli import EXIT_FAILED, EXIT_OK, EXIT_WALLTIME, print_json
+from hpcflow.cli.history import cmd_history as cmd_history
+from hpcflow.cli.history import learned_plan
 from hpcflow.cli.load import load_plan
 from hpcflow.errors import EngineError, SpecError
 
@@ -23,20 +25,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hpcflow.plan.analyse import analyse
-    from hpcflow.plan.summary import summary_json, summary_text
+    from hpcflow.plan.summary import estimates_json, estimates_text, summary_json, summary_text
 
-    plan = load_plan(args.workflow)
+    plan, estimates = learned_plan(load_plan(args.workflow), args)
     analysis = analyse(plan)
     sized = _slurm_sizing(plan, analysis, args) if args.slurm else None
     if args.json:
         data = summary_json(plan, analysis)
+        data["estimates"] = estimates_json(estimates)
         if sized:
             from hpcflow.scheduler.slurm.view import sizing_json
 
             data["slurm"] = {"profile": sized[1], **sizing_json(sized[0])}
         print_json(data)
     else:
-        print(summary_text(plan, analysis), end="")
+        print(summary_text(plan, analysis) + estimates_text(estimates), end="")
         if sized:
             from hpcflow.scheduler.slurm.view import sizing_text
 
@@ -91,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         deadline=_parsed_deadline(args.deadline),
         progress=None if args.quiet else _progress_line,
+        history=not args.no_history, history_path=args.history,
     )
     result = run_workflow(plan, config)
     code = {"succeeded": EXIT_OK, "walltime": EXIT_WALLTIME}.get(result.status, EXIT_FAILED)
@@ -266,7 +270,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     workflow = _workflow_argument(args)
     plan = load_plan(workflow)
-    left = _left_to_run(plan, args) if args.resume else plan
+    learned, _ = learned_plan(plan, args)
+    left = _left_to_run(learned, args) if args.resume else learned
     sizing, source, profile = _slurm_sizing(left, analyse(left), args)
     request = slurm.Request(spec=_spec_argument(workflow), account=args.account, qos=args.qos,
                             constraint=args.constraint, engine=args.engine, python=args.python,

@@ -31,6 +31,7 @@ from hpcflow.plan.flatten import flatten
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
 from hpcflow.store.journal import truncate_torn
+from hpcflow.store.measured import record_in_background
 from hpcflow.store.resume import Decision, forced_ids, plan_resume, record_force
 from hpcflow.store.rundir import RunDir
 
@@ -66,6 +67,10 @@ class EngineConfig:
     progress: Callable[[int], ProgressSink] | None = None
     """Makes the progress reporter from the number of tasks (the CLI gives the report
     layer's live line); None reports nothing."""
+    history: bool = True
+    """Add the run's measured attempts to the history at its end (store/measured.py)."""
+    history_path: str | None = None
+    """The history file (default: $HPCFLOW_HISTORY, else the XDG data folder)."""
 
 
 BackendFactory = Callable[[Plan, RunDir, EngineConfig], tuple[Backend, list[Slot]]]
@@ -161,6 +166,8 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
         info.update(status=status, finished=time.time())
         run.write_info(info)
         run.unlock()
+    if config.history:
+        record_in_background(run.journal, plan.workflow, config.engine, slots, config.history_path)
     return result
 
 

@@ -7,12 +7,14 @@ prints a screenful. Times are shown as Slurm writes them, memory as ``4G``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from hpcflow.model.resources import format_memory, format_slurm_time
 from hpcflow.plan.analyse import Analysis
+from hpcflow.plan.estimates import Estimate, GroupEstimate, format_seconds
 from hpcflow.plan.plan import Plan
 
 _TEXT_GROUPS = 8
@@ -116,3 +118,46 @@ def _memory(nbytes: int) -> str:
 
 def _plural(count: int, word: str) -> str:
     return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def estimates_text(estimates: Sequence[GroupEstimate]) -> str:
+    """Per group, the time (and learned memory) the plan uses and where it comes from,
+    then one warning per group whose declaration is far from what was measured."""
+    lines = ["estimates (per task):"]
+    lines += [f"  {_estimate_text(e)}" for e in estimates[:_TEXT_GROUPS]]
+    if len(estimates) > _TEXT_GROUPS:
+        lines.append(f"  ... {len(estimates) - _TEXT_GROUPS:,} more groups")
+    lines += [f"warning: {w}" for e in estimates for w in e.warnings()]
+    return "\n".join(lines) + "\n"
+
+
+def _estimate_text(e: GroupEstimate) -> str:
+    d, m = e.duration, e.memory
+    text = f"{e.name}: time {format_seconds(e.time)} {e.source}"
+    if e.source == "learned" and d is not None:
+        text += (f": {d.count} samples, median {format_seconds(d.median)}, "
+                 f"p95 {format_seconds(d.high)}")
+        if d.bound:
+            text += f", at least {format_seconds(d.bound)} (timed out)"
+    if m is not None:
+        text += (f"; memory {format_memory(int(m.request))} learned: peak median "
+                 f"{format_memory(int(m.median))}, p95 {format_memory(int(m.high))}")
+    elif e.declared_memory:
+        text += f"; memory {format_memory(e.declared_memory)} declared"
+    return text
+
+
+def estimates_json(estimates: Sequence[GroupEstimate]) -> list[dict[str, Any]]:
+    """Per group (the first 1000): ``name``, ``definition``, ``source`` of the time,
+    ``time`` (seconds used), ``declared_time``, ``declared_memory``, ``duration`` and
+    ``memory`` (the learned :class:`Estimate` fields, or null), ``warnings``."""
+    return [{"name": e.name, "definition": e.definition, "source": e.source, "time": e.time,
+             "declared_time": e.declared_time, "declared_memory": e.declared_memory,
+             "duration": _estimate_json(e.duration), "memory": _estimate_json(e.memory),
+             "warnings": e.warnings()} for e in estimates[:_JSON_GROUPS]]
+
+
+def _estimate_json(estimate: Estimate | None) -> dict[str, float] | None:
+    if estimate is None:
+        return None
+    return {name: getattr(estimate, name) for name in estimate.__dataclass_fields__}

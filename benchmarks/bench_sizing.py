@@ -70,7 +70,7 @@ from hpcflow.errors import ResourceError
 from hpcflow.plan import Analysis, Plan, analyse, lower_bound, plan_from_edges, simulate
 from hpcflow.scheduler.slurm.profile import Partition, Profile
 from hpcflow.scheduler.slurm.shape import Shape, allocation_slots
-from hpcflow.scheduler.slurm.sizing import size
+from hpcflow.scheduler.slurm.sizing import Sizing, size
 
 G = 2**30
 MB = 2**20
@@ -431,7 +431,7 @@ def check(name: str, plan: Plan, prof: Profile, whole: bool) -> Row:
     return row
 
 
-def _fill(row: Row, sizing: Any, found: Search, whole: bool) -> None:
+def _fill(row: Row, sizing: Sizing, found: Search, whole: bool) -> None:
     part, shape = sizing.partition, sizing.chosen.shape
     knee, fastest = found.knee, found.fastest
     assert knee is not None and fastest is not None

@@ -386,7 +386,8 @@ def test_plan_slurm_and_dry_run_with_a_profile_file(tmp_path):
     sweep, local = str(ROOT / "examples" / "sweep" / "workflow.yaml"), str(CLUSTERS / "local.yaml")
     done = _hpcflow("plan", "--slurm", "--profile", local, sweep, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "chosen: 2 node(s) x 2 ranks" in done.stdout and "why: fewest node-hours" in done.stdout
+    assert "chosen: partition debug, 2 node(s) x 2 ranks" in done.stdout
+    assert "why: the cheapest" in done.stdout and "within 5% of the fastest" in done.stdout
     done = _hpcflow("submit", "--dry-run", "--profile", local, "--nodes", "1", sweep, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=oscillator-sweep\n")

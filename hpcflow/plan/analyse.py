@@ -229,6 +229,13 @@ def _demand(plan: Plan, level: np.ndarray, start: np.ndarray, time: np.ndarray) 
     )
 
 
+def asap_peak(plan: Plan, analysis: Analysis, weight: np.ndarray) -> int:
+    """The peak of ``weight`` (one value per task) summed over the tasks running at once
+    in the ASAP schedule (unlimited workers), as :class:`Demand`'s peaks are taken."""
+    start = analysis.earliest_start
+    return _peaks(start, start + plan.time, (weight,))[0]
+
+
 def _peaks(start: np.ndarray, finish: np.ndarray, weights: tuple[np.ndarray, ...]) -> list[int]:
     """Peak of each weight summed over running tasks. A stable sort of finishes-then-
     starts puts a finish before a start at the same instant: the freed cores are reused,

@@ -220,16 +220,18 @@ class Placer:
     def _pick(self, candidates: Sequence[int], cores: int, gpus: int, memory: int,
               ranks: int) -> tuple[list[int], list[list[int]]] | None:
         """Slots out of ``candidates`` (one node) covering each rank's cores, GPUs and
-        memory, GPU slots first for a GPU task and last otherwise; None if they can't."""
-        pool = sorted(candidates, key=lambda i: (not self.slots[i].gpus) if gpus
-                      else bool(self.slots[i].gpus))
+        memory: slots with GPUs while the rank still lacks GPUs, else slots without (GPU
+        slots last, so that cores and memory do not use up GPUs); None if they can't."""
+        with_gpus = deque(i for i in candidates if self.slots[i].gpus)
+        plain = deque(i for i in candidates if not self.slots[i].gpus)
         groups: list[list[int]] = []
         for _ in range(ranks):
             group: list[int] = []
             have_cores = have_gpus = have_memory = 0
-            while pool and (have_cores < cores or have_gpus < gpus
-                            or (memory and have_memory < memory)):
-                slot = self.slots[pool.pop(0)]
+            while (with_gpus or plain) and (have_cores < cores or have_gpus < gpus
+                                            or (memory and have_memory < memory)):
+                pool = with_gpus if (have_gpus < gpus and with_gpus) or not plain else plain
+                slot = self.slots[pool.popleft()]
                 group.append(slot.index)
                 have_cores += slot.cores
                 have_gpus += len(slot.gpus)

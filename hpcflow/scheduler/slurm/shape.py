@@ -15,9 +15,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from hpcflow.engine.mpi.discover import Machine, NodeView, share
 from hpcflow.engine.mpi.settings import Settings
-from hpcflow.plan.analyse import Analysis
+from hpcflow.plan.analyse import Analysis, asap_peak
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
 from hpcflow.scheduler.slurm.profile import Partition
@@ -86,13 +88,15 @@ class Axis:
 
 
 def axis_for(part: Partition, plan: Plan, analysis: Analysis, over: Overrides, *,
-             one_node: bool = False) -> Axis:
+             one_node: bool = False, equal_shares: bool = False) -> Axis:
     """The axis the sizing searches on ``part`` (the rules are in :mod:`.sizing`'s
-    docstring); ``one_node``: the engine cannot span nodes (the local engine)."""
+    docstring); ``one_node``: the engine cannot span nodes (the local engine);
+    ``equal_shares``: every worker of a node must get the same share (Dask and Ray
+    workers are started alike per node), so a GPU plan gets one rank per GPU."""
     nodes = 1 if one_node else over.nodes
     if analysis.demand.peak_gpus and part.gpus_per_node and not (
             over.cpus_per_task or over.ntasks_per_node or over.ntasks):
-        return _gpu_axis(part, plan, analysis, over, nodes)
+        return _gpu_axis(part, plan, analysis, over, nodes, equal_shares)
     cpt = over.cpus_per_task or 1
     need = need_of(plan, analysis, part, cpt)
     per_node = part.cores_per_node // cpt
@@ -125,7 +129,7 @@ def axis_for(part: Partition, plan: Plan, analysis: Analysis, over: Overrides, *
 
 
 def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
-              nodes: int | None) -> Axis:
+              nodes: int | None, equal_shares: bool) -> Axis:
     """GPUs in all, over the fewest nodes that hold them, each node's cores and memory in
     proportion to its GPUs as one-core ranks (what the site charges for anyway: a GPU
     job pays for the larger of its GPU and core shares); on whole nodes the axis counts
@@ -137,8 +141,12 @@ def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
 
     def build(n: int, gpus: int) -> Shape:
         gpus = max(1, min(node_gpus, gpus))
-        ntasks = min(cores, max(cores * gpus // node_gpus, gpus + 1, need.max_span + (n == 1)))
-        return Shape(n, ntasks, 1, gpus, over.memory or _memory(part, ntasks, 1, need.task_memory))
+        if equal_shares:
+            ntasks, cpt = _rank_per_gpu(n, part, gpus)
+        else:
+            ntasks = min(cores, max(cores * gpus // node_gpus, gpus + 1, need.max_span + (n == 1)))
+            cpt = 1
+        return Shape(n, ntasks, cpt, gpus, over.memory or _memory(part, ntasks, cpt, need.task_memory))
 
     if part.whole_nodes or over.gpus_per_node:
         per = over.gpus_per_node or node_gpus
@@ -160,6 +168,15 @@ def _gpu_axis(part: Partition, plan: Plan, analysis: Analysis, over: Overrides,
     lo = min(most, max(1, analysis.demand.max_gpus * analysis.demand.max_ranks, nodes or 1))
     hi = max(lo, min(most, useful))
     return Axis(part, "GPUs", lo, hi, fewest, None if nodes else over_nodes)
+
+
+def _rank_per_gpu(nodes: int, part: Partition, gpus: int) -> tuple[int, int]:
+    """``(ranks per node, cores per rank)`` with one worker rank per GPU and the cores in
+    proportion; on one node the coordinator's rank comes on top, on several it takes one
+    of the first node's."""
+    cores, node_gpus = part.cores_per_node, part.gpus_per_node
+    ntasks = min(cores, gpus + 1) if nodes == 1 else min(cores, gpus)
+    return ntasks, max(1, cores * gpus // node_gpus // ntasks)
 
 
 def _memory(part: Partition, ntasks: int, cpt: int, task_memory: int) -> int:
@@ -216,13 +233,11 @@ def charge(shape: Shape, part: Partition, seconds: float) -> float:
 def need_of(plan: Plan, analysis: Analysis, part: Partition, cpt: int) -> Need:
     """What the plan needs of ranks of ``cpt`` cores, and memory in proportion, on ``part``."""
     share = part.memory * cpt / part.cores_per_node
+    spans = np.maximum(-(-plan.cores.astype(np.int64) // cpt),
+                       np.ceil(plan.memory / share).astype(np.int64)) * plan.ranks
     groups = [g for g in plan.groups if g.size]
-    spans = [max(math.ceil(int(plan.cores[g.start]) / cpt),
-                 math.ceil(int(plan.memory[g.start]) / share)) * int(plan.ranks[g.start])
-             for g in groups]
-    demand = analysis.demand
-    useful = max(demand.peak_cores / cpt, demand.peak_memory / share)
-    return Need(useful_slots=max(1, math.ceil(useful)), max_span=max(spans, default=1),
+    return Need(useful_slots=max(1, asap_peak(plan, analysis, spans)),
+                max_span=int(spans.max()) if plan.n else 1,
                 task_memory=max((int(plan.memory[g.start]) * int(plan.ranks[g.start])
                                  for g in groups), default=0))
 

@@ -21,9 +21,10 @@ GPUs stays off GPU partitions when a CPU one fits; ``--partition`` names one):
 - a plan that uses GPUs: the number of GPUs varies, over the fewest nodes that hold them,
   with the nodes' cores (as one-core ranks) and memory in proportion (a GPU job pays for
   the larger of its GPU and core shares, so the cores come free); the engine gives each
-  node's GPUs to its first worker ranks. List schedules of GPU tasks that hold several
-  ranks are sensitive to the rank count, so a few rank counts are also tried on the
-  cheapest good GPU shape and on one node fewer.
+  node's GPUs to its first worker ranks (for Dask and Ray, whose workers are started
+  alike on a node, one rank per GPU with the cores in proportion). List schedules of
+  GPU tasks that hold several ranks are sensitive to the rank count, so a few rank
+  counts are also tried on the cheapest good GPU shape and on one node fewer.
 
 **Cost** is what the site charges (:func:`.shape.cost`): core-hours of the cores,
 memory or GPUs taken (the largest share, as Slurm's billing counts), node-hours on
@@ -179,8 +180,10 @@ class _Search:
         self.plan, self.analysis, self.profile, self.over = plan, analysis, profile, over
         self.limit, self.default = limit, profile.partition().name
         self.deadline = over.deadline is not None
-        one_node = (over.engine or profile.engine) == "local"
-        self.axes = [axis_for(p, plan, analysis, over, one_node=one_node) for p in parts]
+        engine = over.engine or profile.engine
+        self.axes = [axis_for(p, plan, analysis, over, one_node=engine == "local",
+                              equal_shares=engine in ("dask", "ray")) for p in parts]
+        self.equal_shares = engine in ("dask", "ray")
         self.seen: dict[tuple[str, Shape], Candidate] = {}
         self.fastest: Candidate | None = None
         for axis in self.axes:
@@ -190,7 +193,8 @@ class _Search:
             front.threshold(front.grid(axis), lambda k, a=axis: self.good(self.at(a, k)))
         self.fastest = self._fastest()
         for axis in self.axes:
-            if axis.what == "GPUs" or (axis.what == "nodes" and analysis.demand.peak_gpus):
+            if not self.equal_shares and (axis.what == "GPUs" or (
+                    axis.what == "nodes" and analysis.demand.peak_gpus)):
                 self._fewer_ranks(axis.partition)
         self.candidates = tuple(sorted(self.seen.values(), key=self._order))
 

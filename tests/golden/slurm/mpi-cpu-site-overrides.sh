@@ -5,9 +5,9 @@
 #SBATCH --qos=high
 #SBATCH --constraint=cpu&ib
 #SBATCH --nodes=3
-#SBATCH --ntasks-per-node=33
+#SBATCH --ntasks-per-node=73
 #SBATCH --cpus-per-task=1
-#SBATCH --mem-per-cpu=4096M
+#SBATCH --mem-per-cpu=2000M
 #SBATCH --time=06:00:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --output=/scratch/alice/runs/mpi-solve-20260101-000000-1/batch/slurm-%j.out
@@ -25,7 +25,6 @@ batch=/scratch/alice/runs/mpi-solve-20260101-000000-1/batch
 step=
 cont=
 cut=
-usr1=
 note() {  # write $2 into the file $1 whole: aside, then renamed
   { printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; } 2>/dev/null ||
     echo "hpcflow: could not write $1" >&2
@@ -42,11 +41,9 @@ continue_run() {
     { cont=; echo "hpcflow: could not submit the continuation job" >&2; return 1; }
   note "${batch}/next.${SLURM_JOB_ID}" "${cont}"
 }
-on_usr1() {  # a second USR1 (even one during this function) only cuts the wait short
+on_usr1() {
   cut=1
-  [ -n "${usr1}" ] && return 0
-  usr1=1
-  note "${batch}/usr1.${SLURM_JOB_ID}" "$(date +%s)"
+  [ -e "${batch}/usr1.${SLURM_JOB_ID}" ] || note "${batch}/usr1.${SLURM_JOB_ID}" "$(date +%s)"
   continue_run || true
 }
 trap on_usr1 USR1

@@ -6,7 +6,7 @@
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=9000M
 #SBATCH --time=00:08:00
-#SBATCH --signal=B:USR1@120
+#SBATCH --signal=B:USR1@80
 #SBATCH --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.err
 
@@ -22,7 +22,6 @@ batch=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch
 step=
 cont=
 cut=
-usr1=
 note() {  # write $2 into the file $1 whole: aside, then renamed
   { printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; } 2>/dev/null ||
     echo "hpcflow: could not write $1" >&2
@@ -39,11 +38,9 @@ continue_run() {
     { cont=; echo "hpcflow: could not submit the continuation job" >&2; return 1; }
   note "${batch}/next.${SLURM_JOB_ID}" "${cont}"
 }
-on_usr1() {  # a second USR1 (even one during this function) only cuts the wait short
+on_usr1() {
   cut=1
-  [ -n "${usr1}" ] && return 0
-  usr1=1
-  note "${batch}/usr1.${SLURM_JOB_ID}" "$(date +%s)"
+  [ -e "${batch}/usr1.${SLURM_JOB_ID}" ] || note "${batch}/usr1.${SLURM_JOB_ID}" "$(date +%s)"
   continue_run || true
 }
 trap on_usr1 USR1

@@ -48,7 +48,7 @@ time, and checks the targets of issue #13 (:data:`TARGETS`). It also times ``siz
 one 10^4-task plan (the best of 3 runs). Exit status 1 if a target is missed.
 
     python benchmarks/bench_sizing.py [--shapes fanout ...] [--profiles shared48 ...]
-                                      [--json FILE] [--quick]
+                                      [--seed 13] [--json FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -497,13 +497,13 @@ def print_rows(rows: list[Row]) -> None:
         print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
-def run(shape_names: list[str], profile_names: list[str], quick: bool
+def run(shape_names: list[str], profile_names: list[str], quick: bool, seed: int = 13
         ) -> tuple[list[Row], dict[str, Any]]:
     sites = profiles()
     scale = 0.1 if quick else 1.0
     rows = []
     for name in shape_names:
-        plan = SHAPES[name](np.random.default_rng(13), scale)
+        plan = SHAPES[name](np.random.default_rng(seed), scale)
         for site in profile_names:
             prof, whole = sites[site]
             rows.append(check(name, plan, prof, whole))
@@ -516,12 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--profiles", nargs="+", choices=list(profiles()), default=DEFAULT_PROFILES)
+    parser.add_argument("--seed", type=int, default=13, help="of the DAG shapes' random times")
     parser.add_argument("--json", metavar="FILE", help="write every figure here")
     parser.add_argument("--quick", action="store_true",
                         help="a tenth of each shape's tasks, no 10^4-task timing (a smoke test)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows, extra = run(args.shapes, args.profiles, args.quick)
+    rows, extra = run(args.shapes, args.profiles, args.quick, args.seed)
     print_rows(rows)
     if extra:
         print("RESULT " + " ".join(f"{k}={v}" for k, v in extra.items()))

@@ -49,38 +49,52 @@ def node_kinds(slots: Sequence[Slot]) -> list[tuple[int, bool]]:
 
 def measured(journal: str | os.PathLike[str], workflow: str, engine: str,
              kinds: Sequence[tuple[int, bool]]) -> list[Measured]:
-    """The last session's finished attempts, per definition, the newest KEEP each."""
+    """The last session's finished attempts, per definition, the newest KEEP each.
+    Events are only kept (a deque per group) while reading; the few that remain are
+    turned into attempts at the end."""
     groups: list[Any] = []
-    group_of, defs = _Groups(groups), []
-    samples: dict[int, deque[Attempt]] = {}
+    defs: list[str] = []
+    group_of = _Groups(groups)
+    kept: dict[int, deque[tuple[Any, ...]]] = {}
+    ends = (Event.DONE, Event.FAIL, Event.RETRY)
+    lo = hi = group = 0
     for event in read_journal(journal):
         kind = event[0]
-        if kind == Event.RUN:
+        if kind in ends:
+            i = event[1]
+            if not lo <= i < hi:
+                lo, hi, group = group_of.span(i)
+            if group >= 0:
+                kept.setdefault(group, deque(maxlen=KEEP)).append(event)
+        elif kind == Event.RUN:
             info = event[1] if isinstance(event[1], dict) else {}
-            groups, defs, samples = info.get("groups", []), info.get("defs") or [], {}
-            group_of = _Groups(groups)
-        elif kind in (Event.DONE, Event.FAIL, Event.RETRY):
-            found = _attempt(event, engine, kinds)
-            group = group_of(event[1])
-            if found is not None and group is not None and group < len(defs):
-                samples.setdefault(group, deque(maxlen=KEEP)).append(found)
-    return [Measured(defs[g], str(groups[g][0]), workflow, int(groups[g][2]), list(attempts))
-            for g, attempts in samples.items()]
+            groups, defs, kept = info.get("groups", []), info.get("defs") or [], {}
+            group_of, lo, hi = _Groups(groups), 0, 0
+    found = []
+    for g, events in kept.items():
+        attempts = [a for a in (_attempt(e, engine, kinds) for e in events) if a is not None]
+        if g < len(defs) and attempts:
+            found.append(Measured(defs[g], str(groups[g][0]), workflow, int(groups[g][2]),
+                                  attempts))
+    return found
 
 
 class _Groups:
-    """Task id -> index of its group, from a RUN event's ``[name, start, size, swept]``."""
+    """Task id -> its group's id span and index, from a RUN event's ``[name, start,
+    size, swept]`` (bisect over the first ids)."""
 
     def __init__(self, groups: Sequence[Any]) -> None:
         order = sorted((int(g[1]), int(g[2]), k) for k, g in enumerate(groups) if int(g[2]))
         self._starts = [start for start, _, _ in order]
         self._spans = order
 
-    def __call__(self, i: int) -> int | None:
+    def span(self, i: int) -> tuple[int, int, int]:
+        """``(first id, end id, group index)``; index -1 (an empty span) outside them."""
         k = bisect.bisect_right(self._starts, i) - 1
         if k < 0 or i >= self._spans[k][0] + self._spans[k][1]:
-            return None
-        return self._spans[k][2]
+            return 0, 0, -1
+        start, size, group = self._spans[k]
+        return start, start + size, group
 
 
 def _attempt(event: tuple[Any, ...], engine: str,

@@ -21,9 +21,8 @@ to one worker:
   ``_gpu_ranks`` does) with the node's cores in proportion or the whole node's, and the
   one-core ranks above with the GPUs shape.py gives them with ``--ntasks-per-node``
   (all of the node's, or the plan's peak if fewer ranks; the first ranks of a node get
-  one each). Fewer GPUs per node on one-core ranks are left out: each such simulation
-  takes ~0.2 s, and on ``gpumix`` all of them (635 simulations, 158 s) left the knee
-  as it was;
+  one each). Fewer GPUs per node on one-core ranks are left out to keep the run short:
+  on ``gpumix`` they took 635 simulations instead of 251 and left the knee as it was;
 - memory per node in proportion to the cores taken (at least what the biggest task
   needs on its node; a task needing more than its rank's share holds more ranks), and
   as a second shape what every task needs per rank, where that is more; never more

@@ -760,6 +760,9 @@ def test_early_and_repeated_usr1_are_warnings_and_the_run_finishes_in_its_job(cl
     limit = scontrol_job(job)["TimeLimit"]
     assert _seconds(state["elapsed"]) < _seconds(limit)
     assert not _queued(name)  # the continuation submitted at the first USR1 was cancelled
+    sizing = result["sizing"]
+    predicted = sizing["front"][sizing["chosen"]]["makespan"]  # the time asked for fits it
+    assert _seconds(limit) == sizing["time"] <= max(1.25 * predicted, predicted + 180)
 
 
 def _seconds(text: str) -> int:

@@ -41,8 +41,8 @@ def _spec(tmp_path, resources: str, defaults: str = ""):
 
 
 @pytest.mark.parametrize("resources, field, message", [
-    ("cores: 9999999999", "cores", "must be at most 65,536, got 9999999999"),
-    ("gpus: 99999999999999999999", "gpus", "must be at most 65,536"),
+    ("cores: 9999999999", "cores", "must be at most 1,048,576, got 9999999999"),
+    ("gpus: 99999999999999999999", "gpus", "must be at most 1,048,576"),
     ("ranks: 3000000000", "ranks", "must be at most 1,048,576, got 3000000000"),
     ("memory: 99999999999999999999T", "memory", "memory must be at most 1024T"),
     ("memory: 99999999999999", "memory", "memory must be at most 1024T, got 99999999999999"),
@@ -72,7 +72,7 @@ def test_the_largest_values_plan(tmp_path):
 
 
 def test_python_api_values_are_bounded_too():
-    with pytest.raises(ValueError, match="cores must be at most 65,536"):
+    with pytest.raises(ValueError, match="cores must be at most 1,048,576"):
         hf.task(len, cores=10**6)
     with pytest.raises(ValueError, match="memory must be at most"):
         Resources(memory=2**51)
@@ -86,4 +86,4 @@ def test_validate_and_plan_say_it_in_one_line(tmp_path):
         assert done.returncode == 2
         assert done.stderr.splitlines() == [
             f"hpcflow {command}: {spec}:7: task 'heavy': field 'resources.cores': must be at most "
-            "65,536, got 9999999999"]
+            "1,048,576, got 9999999999"]

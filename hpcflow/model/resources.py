@@ -28,7 +28,7 @@ _SLURM_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 DEFAULT_TIME_ESTIMATE = 60.0
 """Seconds assumed for planning when a task gives no ``time``."""
 
-LIMITS = {"cores": 2**16, "gpus": 2**16, "ranks": 2**20, "memory": 2**50, "time": 100 * 365 * 86400}
+LIMITS = {"cores": 2**20, "gpus": 2**20, "ranks": 2**20, "memory": 2**50, "time": 100 * 365 * 86400}
 """The largest value of each resource: cores and GPUs per rank, ranks per task, bytes
 (1 PiB) and seconds (100 years)."""
 

@@ -73,7 +73,7 @@ def test_the_largest_values_plan(tmp_path):
 
 def test_python_api_values_are_bounded_too():
     with pytest.raises(ValueError, match="cores must be at most 1,048,576"):
-        hf.task(len, cores=10**6)
+        hf.task(len, cores=10**7)
     with pytest.raises(ValueError, match="memory must be at most"):
         Resources(memory=2**51)
 

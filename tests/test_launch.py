@@ -213,3 +213,24 @@ def _wait_for_journal(folder: Path, limit: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the run did not start its tasks")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_srun_with_three_tasks_is_one_mpi_run(tmp_path):
+    status = subprocess.run([str(REPO / "slurm" / "status.sh")], capture_output=True, text=True,
+                            timeout=30)
+    if status.returncode != 0:
+        pytest.skip("local Slurm cluster not up: start it with: sudo slurm/install.sh && "
+                    "sudo slurm/start.sh")
+    folder = _folder(tmp_path)
+    script = folder / "job.sh"
+    script.write_text(f"#!/bin/bash\nsrun --mpi=pmi2 -n 3 {sys.executable} -m hpcflow run -q wf.yaml\n")
+    done = subprocess.run(["timeout", "-k", "5", "150", "sbatch", "--wait", "-n", "3",
+                           "--time=2", "-o", "job.out", "--chdir", str(folder), str(script)],
+                          cwd=folder, env=_env(folder), capture_output=True, text=True, timeout=170)
+    out = (folder / "job.out").read_text() if (folder / "job.out").exists() else ""
+    assert done.returncode == 0, done.stderr + out
+    assert out.count("succeeded: 5 task(s) done") == 1, out
+    (run,) = _runs(folder)
+    assert '"engine": "mpi"' in (run / "run.json").read_text()

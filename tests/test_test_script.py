@@ -67,3 +67,12 @@ def test_the_deliberate_crash_prints_no_fatal_error():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "Fatal Python error" not in done.stdout + done.stderr
+
+
+def test_the_mpi_suite_outside_mpiexec_says_how_to_run_it():
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/mpi/test_mpi_channel.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert done.returncode == 0 and skipped
+    assert all("mpiexec -n 3 python -m pytest --with-mpi tests/mpi" in line for line in skipped)

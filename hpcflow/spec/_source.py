@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,8 @@ def missing_name(source: Path, qualname: str, submodules: frozenset[str] = froze
     (found, or the source cannot tell). ``submodules``: a package's submodule names."""
     head = qualname.split(".")[0]
     try:
-        tree = ast.parse(source.read_bytes(), filename=str(source))
+        stat = source.stat()
+        tree = _parsed(str(source), stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError):
         return None
     except SyntaxError as err:
@@ -67,6 +69,12 @@ def missing_name(source: Path, qualname: str, submodules: frozenset[str] = froze
         return (f"'{head}' in {source} is not a function or class: line {last.lineno} sets it "
                 f"to a value of type {kind}")
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(path: str, mtime_ns: int, size: int) -> ast.Module:
+    """A module's tree, parsed once for the many tasks of a spec that name it."""
+    return ast.parse(Path(path).read_bytes(), filename=path)
 
 
 def _binds_elsewhere(node: ast.AST, name: str) -> bool:

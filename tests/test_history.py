@@ -287,3 +287,18 @@ def test_cli_run_then_plan_shows_learned_values_and_warns_once(tmp_path):
 def test_cli_history_show_of_an_unknown_name_is_bad_input(tmp_path):
     out = _cli("history", "show", "nothing", cwd=tmp_path, history=tmp_path / "h.sqlite")
     assert out.returncode == 2 and "no history for 'nothing'" in out.stderr
+
+
+def test_plan_with_an_unreadable_history_warns_and_plans_as_declared(tmp_path):
+    (tmp_path / "wf.py").write_text(WORKFLOW_PY)
+    broken = tmp_path / "h.sqlite"
+    broken.write_text("not a database " * 100)
+    out = _cli("plan", "wf.py:wf", cwd=tmp_path, history=broken)
+    assert out.returncode == 0 and "sim: time 2h declared" in out.stdout
+    assert "planning with the declared values" in out.stderr
+
+
+def test_plan_creates_no_history(tmp_path):
+    (tmp_path / "wf.py").write_text(WORKFLOW_PY)
+    out = _cli("plan", "wf.py:wf", cwd=tmp_path, history=tmp_path / "none" / "h.sqlite")
+    assert out.returncode == 0 and not (tmp_path / "none").exists()

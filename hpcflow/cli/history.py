@@ -33,13 +33,19 @@ def add_history_command(sub: Any) -> None:
 def learned_plan(plan: Any, args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """``plan`` with learned time and memory (none with ``--no-history``), and the
     estimate of each group."""
-    from hpcflow.store.history import History
+    from hpcflow.store.history import History, HistoryError, history_path
     from hpcflow.store.learned import with_learned
 
-    if getattr(args, "no_history", False):
+    path = history_path(getattr(args, "history", None))
+    if getattr(args, "no_history", False) or not path.exists():
         return with_learned(plan, None)
-    with History(getattr(args, "history", None)) as history:
-        return with_learned(plan, history)
+    try:
+        with History(path) as history:
+            return with_learned(plan, history)
+    except HistoryError as exc:
+        print(f"hpcflow {args.command}: {exc}; planning with the declared values",
+              file=sys.stderr)
+        return with_learned(plan, None)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -135,7 +135,7 @@ def _estimate_text(e: GroupEstimate) -> str:
     d, m = e.duration, e.memory
     text = f"{e.name}: time {format_seconds(e.time)} {e.source}"
     if e.source == "learned" and d is not None:
-        text += (f": {d.count} samples, median {format_seconds(d.median)}, "
+        text += (f": {_plural(d.count, 'sample')}, median {format_seconds(d.median)}, "
                  f"p95 {format_seconds(d.high)}")
         if d.bound:
             text += f", at least {format_seconds(d.bound)} (timed out)"

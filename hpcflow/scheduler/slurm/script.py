@@ -87,7 +87,7 @@ def batch_job(sizing: Sizing, profile: Profile, *, workflow: str, run_dir: str, 
         _memory_directive(sizing, profile),
         gpu_request(shape, profile.gpus) or ("gpus", None),
         ("time", format_slurm_time(sizing.time) if sizing.time else None),
-        ("signal", f"B:USR1@{_grace(sizing.time, profile)}" if sizing.time else None),
+        ("signal", f"B:USR1@{_grace(sizing)}" if sizing.time else None),
         ("output", f"{run_dir}/{BATCH_FOLDER}/slurm-%j.out"),
         ("error", f"{run_dir}/{BATCH_FOLDER}/slurm-%j.err"),
     ]
@@ -186,9 +186,9 @@ def _memory_directive(sizing: Sizing, profile: Profile) -> tuple[str, str]:
     return name, f"{megabytes}M"
 
 
-def _grace(time: float, profile: Profile) -> int:
-    """USR1 this many seconds before the end: the profile's grace, at most half the job."""
-    return max(10, min(profile.signal_grace, int(time // 2)))
+def _grace(sizing: Sizing) -> int:
+    """USR1 this many seconds before the end: the sizing's lead, at most half the job."""
+    return max(10, min(sizing.signal_lead, int((sizing.time or 0) // 2)))
 
 
 def _launch(sizing: Sizing, profile: Profile, engine: str, python: str, run_dir: str,

@@ -8,7 +8,7 @@
 #SBATCH --cpus-per-task=1
 #SBATCH --mem-per-cpu=2000M
 #SBATCH --time=00:06:00
-#SBATCH --signal=B:USR1@180
+#SBATCH --signal=B:USR1@80
 #SBATCH --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.err
 

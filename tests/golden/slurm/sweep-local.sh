@@ -6,7 +6,7 @@
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=9000M
 #SBATCH --time=00:08:00
-#SBATCH --signal=B:USR1@120
+#SBATCH --signal=B:USR1@80
 #SBATCH --output=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.out
 #SBATCH --error=/scratch/alice/runs/oscillator-sweep-20260101-000000-1/batch/slurm-%j.err
 

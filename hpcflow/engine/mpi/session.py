@@ -158,8 +158,8 @@ def _serve(session: Session) -> RunResult:
     from hpcflow.engine.mpi.backend import serve_setup
 
     world = session.world
-    # rank 0 decides when to stop; USR1 (the walltime signal, which srun and mpiexec pass
-    # to every rank) is handled by rank 0's coordinator alone (engine/walltime.py)
+    # rank 0 decides when to stop; a USR1 sent to every rank (a user's own sbatch script
+    # may forward it; hpcflow's never does) is handled by rank 0's coordinator alone
     previous = _install(lambda _s, _f: None, (*_SIGNALS, signal.SIGUSR1))
     try:
         while True:

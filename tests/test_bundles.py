@@ -3,6 +3,7 @@ the core admits into framework tasks. No framework needed: the grouping is pure.
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from hpcflow.engine.backends import bundle
 from hpcflow.engine.backends.remote import Handle, Hole, fill
 from hpcflow.engine.execute import Call, Outcome
 from hpcflow.plan.policy import Placement
+from hpcflow.store.trust import seal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,7 +78,7 @@ def test_references_are_shared_within_a_task_and_holes_find_the_values():
 
 
 def test_outcomes_round_trip_as_plain_tuples_and_members_load_one_by_one():
-    outcomes = [Outcome(i, 0, True, None, 1.0, 2.0, 0, stored=("inline", i * i))
+    outcomes = [Outcome(i, 0, True, None, 1.0, 2.0, 0, stored=("inline", seal(pickle.dumps(i * i))))
                 for i in range(3)]
     back = bundle.unpack_outcomes(bundle.pack_outcomes(outcomes))
     assert back == outcomes and all(type(o) is Outcome for o in back)

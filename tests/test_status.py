@@ -18,7 +18,6 @@ import pytest
 
 from hpcflow.cli.load import load
 from hpcflow.engine.runner import EngineConfig, run_workflow
-from hpcflow.errors import RunDirError
 from hpcflow.report.status import GONE, load_run, lock_held, run_status, status_json, status_text
 from hpcflow.store.journal import Event, Journal, read_journal
 from hpcflow.store.rundir import RunDir
@@ -176,11 +175,11 @@ def test_job_state_hook(tmp_path):
     assert "job      RUNNING (4242)" in status_text(status)
 
 
-def test_other_users_runs_are_refused(tmp_path, monkeypatch):
+def test_other_users_runs_are_read(tmp_path, monkeypatch):
     run = run_spec(EXAMPLE)
     monkeypatch.setattr(os, "getuid", lambda: os.stat(run).st_uid + 1)
-    with pytest.raises(RunDirError, match="another user"):
-        run_status(run)  # the journal holds pickles: only one's own are read
+    status = run_status(run)  # the journal is plain data: reading it runs nothing
+    assert status.counts["done"] == status.total > 0
 
 
 SLOW_SPEC = """\

@@ -72,6 +72,7 @@ def test_large_results_go_to_files_small_inline(tmp_path):
     run = RunDir.create("wf", root=tmp_path)
     small = run.store_result(1, [1, 2, 3])
     big = run.store_result(2, b"x" * (INLINE_RESULT_LIMIT + 1))
-    assert small == ("inline", [1, 2, 3])
+    assert small[0] == "inline" and isinstance(small[1], bytes)  # sealed, not the value
+    assert load_result(small) == [1, 2, 3]
     assert big[0] == "file" and os.path.exists(big[1])
     assert load_result(big) == b"x" * (INLINE_RESULT_LIMIT + 1)

@@ -65,7 +65,7 @@ class Outcome(NamedTuple):
     """What became of a call: ``value`` on success, else ``error`` text and ``log`` path.
 
     ``stored`` is set by a worker that already persisted the result itself (its journal
-    form, ``("inline", value)`` or ``("file", path)``) and ``digest`` is then its content
+    form, ``("inline", sealed pickle)`` or ``("file", path)``) and ``digest`` is then its content
     hash (``engine/results.py``); None lets the coordinator do both. ``fp`` is the
     fingerprint of a member of a run, taken by the worker that expanded it.
     ``memory`` is the measured peak RSS, journalled as is into the DONE or FAIL extra:

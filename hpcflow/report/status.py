@@ -19,14 +19,11 @@ The batch job's own state (for runs submitted to Slurm) is outside the folder: p
 from __future__ import annotations
 
 import bisect
-import contextlib
 import fcntl
 import json
 import os
-import pickle
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from hpcflow.engine.walltime import IDLE_JOBS
-from hpcflow.errors import RunDirError
 from hpcflow.report.progress import format_seconds
 from hpcflow.store.journal import Event, read_journal
 from hpcflow.store.rundir import RunDir
@@ -104,7 +100,8 @@ class RunView:
 
 
 def load_run(path: str | os.PathLike[str]) -> RunView:
-    """Read and replay a run folder (the user's own: the journal holds pickles)."""
+    """Read and replay a run folder, anyone's: its journal is plain data, and a result's
+    sealed bytes are never unpickled here."""
     run = RunDir.open(path)
     info = run.read_info()
     try:
@@ -114,7 +111,7 @@ def load_run(path: str | os.PathLike[str]) -> RunView:
     n = int(info.get("tasks") or sum(g["size"] for g in groups))
     view = RunView(run.path, info, groups, np.zeros(n, np.int8), np.full(n, -1, np.int32),
                    np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32))
-    for event in journal_events(run.journal, info):
+    for event in read_journal(run.journal):
         _apply(view, event)
     return view
 
@@ -165,25 +162,6 @@ def _new_session(view: RunView, info: dict[str, Any]) -> None:
     for i in view.failures:  # a failure's measured memory goes with it
         view.extra.pop(i, None)
     view.failures.clear()
-
-
-def journal_events(journal: Path, info: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:
-    """The journal's events. Inline results may be instances of the user's classes: the
-    spec's folder goes on ``sys.path`` (as for the run) so that they unpickle."""
-    spec = info.get("spec")
-    folder = str(Path(spec).parent) if spec else None
-    added = folder is not None and folder not in sys.path
-    if added:
-        sys.path.insert(0, str(folder))
-    try:
-        yield from read_journal(journal)
-    except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
-        raise RunDirError(f"{journal}: a result in the journal cannot be read here ({exc}); "
-                          "run this where the workflow's modules import") from None
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(str(folder))
 
 
 def worker_nodes(session: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpcflow.report.status import journal_events, last_line, lock_held, worker_nodes
-from hpcflow.store.journal import Event
+from hpcflow.report.status import last_line, lock_held, worker_nodes
+from hpcflow.store.journal import Event, read_journal
 from hpcflow.store.resume import TaskNames
 from hpcflow.store.rundir import RunDir
 
@@ -66,7 +66,7 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[Attempt]:
     run = RunDir.open(path)
     info = run.read_info()
     names = TaskNames.from_file(run.path / "groups.json")
-    rows = _replay(journal_events(run.journal, info), names, info)
+    rows = _replay(read_journal(run.journal), names, info)
     if not lock_held(run.path):
         return rows
     return (_live(row) for row in rows)  # a live run: what is in flight is running

@@ -45,6 +45,7 @@ from hpcflow.model.task import MethodCall, PythonCall, ShellCommand
 from hpcflow.plan.plan import Binder, Group, GroupRef, Plan, map_group_refs
 from hpcflow.store.journal import Event, Journal, read_journal
 from hpcflow.store.rundir import RunDir, load_result
+from hpcflow.store.trust import UntrustedResult, sealed_payload
 
 
 def _digest(*parts: bytes) -> str:
@@ -197,14 +198,13 @@ def fingerprint(prefix: bytes, inputs: Sequence[str], values: tuple[Any, ...] | 
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def content_hash(action: Any, stored: tuple[str, Any], value: Any,
-                 pickled: tuple[bytes, list[pickle.PickleBuffer]] | None = None) -> str:
+def content_hash(action: Any, stored: Sequence[Any], value: Any) -> str:
     """What a result *is*, for the fingerprints of the tasks that read it. Workers take
-    it where they persist the result (``engine/results.py``, passing the protocol-5
-    pickle they made to size it); the coordinator only when a backend did not."""
+    it where they persist the result (``engine/results.py``: a small result's by the
+    pickle they sealed); the coordinator only when a backend did not."""
     if stored[0] == "inline" and not isinstance(action, ShellCommand):
-        # the stored value, not ``value``: on Dask/Ray/Spark that is a handle to it
-        return pickle_digest(*(pickled or _pickle5(stored[1])))
+        # the stored pickle, not ``value``: on Dask/Ray/Spark that is a handle to it
+        return pickle_digest(sealed_payload(stored[1]))
     if stored[0] == "file":  # large: by the file's identity (a rerun always differs)
         try:
             st = Path(stored[1]).stat()
@@ -216,20 +216,12 @@ def content_hash(action: Any, stored: tuple[str, Any], value: Any,
     return _digest(_bytes_of(value))
 
 
-def pickle_digest(data: bytes, buffers: Sequence[pickle.PickleBuffer] = ()) -> str:
+def pickle_digest(data: bytes | memoryview, buffers: Sequence[pickle.PickleBuffer] = ()) -> str:
     """The hash of a protocol-5 pickle and its out-of-band buffers."""
     h = hashlib.blake2b(data, digest_size=16)
     for buffer in buffers:
         h.update(buffer.raw())
     return h.hexdigest()
-
-
-def _pickle5(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
-    except Exception:  # not picklable here (the worker pickled it): its repr
-        return repr(value).encode(), []
 
 
 @dataclass
@@ -440,7 +432,10 @@ def load_needed(plan: Plan, decision: Decision, keep: set[int]) -> tuple[dict[in
             values[i] = None
             continue
         try:
-            values[i] = load_result(stored)
+            values[i] = load_result(stored, f"the journal's result of {plan.name(i)}")
+        except UntrustedResult as exc:
+            print(f"hpcflow: warning: {exc}; {plan.name(i)} runs again", file=sys.stderr)
+            broken.add(i)
         except Exception:  # any unreadable result means: run it again
             broken.add(i)
     return values, broken
@@ -448,7 +443,9 @@ def load_needed(plan: Plan, decision: Decision, keep: set[int]) -> tuple[dict[in
 
 def plan_resume(plan: Plan, run: RunDir, keep: set[int],
                 forced: frozenset[int] = frozenset()) -> tuple[Decision, dict[int, Any]]:
-    """Decide, then load what is needed; a result that fails to load reruns its task."""
+    """Decide, then load what is needed; a result that fails to load reruns its task.
+    A run folder that others own or could have written is refused first."""
+    run.check_private()
     prior = read_prior(run)
     fp = Fingerprinter(plan)
     broken: set[int] = set()

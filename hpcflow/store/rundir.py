@@ -7,13 +7,16 @@ Layout (documented in docs/architecture.md; keep both in step)::
       plan.npz          the plan's arrays (group of each task, CSR edges, resources)
       groups.json       group names, sizes and first ids (names of task instances)
       journal.bin       task events, appended in batches by the coordinator alone
-      results/<id>.pkl  large results (written aside, then renamed)
+      results/<id>.pkl  large results, sealed (store/trust.py; written aside, then renamed)
       tasks/<name>/     a task's own folder, made when needed: stdout.log, stderr.log,
                         error.log (traceback), a shell task's declared output files
       lock              held (flock) by the coordinator while the run is live
 
-The folder is created private to the user (0700). A run directory is reused only
-through resume, which checks that the user owns it.
+The folder and the folders in it are created 0700, and the files hpcflow writes there
+0600, whatever the umask (a task's own logs and outputs take the user's umask inside that
+private folder). Anyone may *read* a run (its journal is plain data); a run directory is
+reused only through resume, which refuses one that others own or could have written
+(``trust.check_private``) and loads only results sealed with a trusted key.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pickle
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,18 @@ import numpy as np
 
 from hpcflow.errors import RunDirError
 from hpcflow.plan.plan import Plan
+from hpcflow.store.trust import (
+    check_private,
+    load_sealed,
+    open_private,
+    seal,
+    unseal,
+    write_sealed,
+)
 
 DEFAULT_ROOT = "hpcflow-runs"
 INLINE_RESULT_LIMIT = 64 * 1024
-"""Pickled results up to this size are kept in the journal; larger ones in results/."""
+"""Pickled results up to this size are kept in the journal (sealed); larger ones in results/."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]/]")
 
@@ -65,7 +77,7 @@ class RunDir:
             for n in range(1, 1000):
                 candidate = base / f"{workflow}-{stamp}-{n}"
                 try:
-                    candidate.mkdir(mode=0o700)
+                    _private_dir(candidate)
                     break
                 except FileExistsError:
                     continue
@@ -81,19 +93,23 @@ class RunDir:
             run = cls.open(target)  # a folder `hpcflow submit` prepared for its batch job
             run._prepared = prepared
             return run
-        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(target, exist_ok=True)
         return cls(target)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunDir:
-        """An existing run folder, which must belong to the current user."""
+        """An existing run folder, to read (anyone's: nothing in it is unpickled to read
+        it); a resume also calls :meth:`check_private`."""
         run = cls(path)
         if not (run.path / "run.json").is_file():
             raise RunDirError(f"{run.path} is not a run folder (no run.json)")
-        if run.path.stat().st_uid != os.getuid():
-            raise RunDirError(f"{run.path} belongs to another user; results are only "
-                              "loaded from your own run folders")
         return run
+
+    def check_private(self) -> None:
+        """Refuse (:class:`~hpcflow.store.trust.TrustError`) a folder that another user
+        owns or could have written: a resume loads results from it."""
+        check_private(self.path, self.journal, self.path / "results")
 
     @property
     def journal(self) -> Path:
@@ -103,12 +119,19 @@ class RunDir:
         """The folder of task instance ``name`` (``stats/mean``, ``sim[3]``)."""
         safe = _UNSAFE.sub("_", name).replace("..", "_")
         folder = self.path / "tasks" / safe
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
+        if create and not folder.is_dir():
+            here = self.path
+            for part in folder.relative_to(self.path).parts:
+                here = here / part
+                _private_dir(here, exist_ok=True)
         return folder
 
     def result_path(self, task_id: int) -> Path:
-        return self.path / "results" / f"{task_id}.pkl"
+        """Where a large result goes (its folder made, private)."""
+        folder = self.path / "results"
+        if not folder.is_dir():
+            _private_dir(folder, exist_ok=True)
+        return folder / f"{task_id}.pkl"
 
     def lock(self) -> None:
         """Hold the run's lock; a second live run on the same folder is refused."""
@@ -143,7 +166,7 @@ class RunDir:
 
     def save_plan(self, plan: Plan) -> None:
         """The plan's arrays and group names, for status and the report (no callables)."""
-        with open(self.path / "plan.npz.tmp", "wb") as fh:
+        with open_private(self.path / "plan.npz.tmp") as fh:
             np.savez(fh, group_of=plan.group_of, pred_ptr=plan.pred_ptr, pred=plan.pred,
                      cores=plan.cores, gpus=plan.gpus, ranks=plan.ranks,
                      memory=plan.memory, time=plan.time)
@@ -153,13 +176,13 @@ class RunDir:
         write_atomic(self.path / "groups.json", json.dumps(groups).encode())
 
     def store_result(self, task_id: int, value: Any) -> tuple[str, Any]:
-        """How a result goes into the journal: ``("inline", value)`` or ``("file", path)``."""
+        """How a result goes into the journal: ``("inline", sealed pickle)`` or
+        ``("file", path)`` (a sealed file); workers do this themselves (engine/results.py)."""
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) <= INLINE_RESULT_LIMIT:
-            return ("inline", value)
+            return ("inline", seal(data))
         path = self.result_path(task_id)
-        path.parent.mkdir(exist_ok=True)
-        write_atomic(path, data)
+        write_sealed(path, value, data)
         return ("file", str(path))
 
 
@@ -173,17 +196,30 @@ def _submitted_info(folder: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and info.get("status") == "submitted" else None
 
 
-def load_result(stored: tuple[str, Any]) -> Any:
+def load_result(stored: Sequence[Any], where: str = "an inline result") -> Any:
+    """A result's value from its journal form, unpickled only once its seal checks out
+    (:class:`~hpcflow.store.trust.UntrustedResult` otherwise). ``where`` names an inline
+    one in that error."""
     kind, payload = stored
     if kind == "inline":
-        return payload
-    with open(payload, "rb") as fh:
-        return pickle.load(fh)
+        return unseal(payload, where)
+    return load_sealed(payload)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write aside, then rename: a reader sees the old file or the whole new one."""
+    """Write aside (0600), then rename: a reader sees the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with open_private(tmp) as fh:
         fh.write(data)
     os.replace(tmp, path)
+
+
+def _private_dir(path: Path, exist_ok: bool = False) -> None:
+    """Make ``path`` 0700 whatever the umask (an existing one is left as it is)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return
+    os.chmod(path, 0o700)

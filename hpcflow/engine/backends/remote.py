@@ -278,7 +278,7 @@ def settle(outcome: Outcome, ref: Any, worker: int, outputs: set[int],
     """The outcome the core gets, with the slot it was accounted to: as its value a
     :class:`Handle` on ``ref`` (``path`` picks a run member's value from the run's list),
     the value itself for a workflow output, else (``ref`` None: no framework copy) the
-    inline value, or None for a large result no task reads."""
+    inline value (unsealed), or None for a large result no task reads."""
     if not outcome.ok:
         value = None
     elif outcome.id in outputs:
@@ -287,7 +287,7 @@ def settle(outcome: Outcome, ref: Any, worker: int, outputs: set[int],
         value = Handle(ref, path)
     else:
         stored = outcome.stored
-        value = stored[1] if stored[0] == "inline" else None
+        value = load_result(stored) if stored[0] == "inline" else None
     return _new(Outcome, (*outcome[:3], value, outcome[4], outcome[5], worker, *outcome[7:]))
 
 

@@ -162,6 +162,8 @@ def test_a_replaced_result_file_is_not_unpickled_on_resume(env, sealed):
     target = _big_result(run)
     evil = pickle.dumps(Planted(marker))
     target.write_bytes(b"hpcflow\x01" + bytes(32) + evil if sealed else evil)
+    dry = hpcflow("run", "--resume", str(run), "--dry-run")
+    assert "big: its stored result is unreadable or not sealed with a trusted key" in dry.stdout
     done = _resume(run)
     assert done.returncode == 0, done.stderr
     assert not marker.exists()

@@ -398,8 +398,10 @@ def _reason(plan: Plan, i: int, old: Prior | None, rerun: list[int], fp: Fingerp
         return "definition changed"
     if rerun:
         return f"an input changed (upstream {plan.name(rerun[0])} runs again)"
-    if broken or (old.stored and old.stored[0] == "file" and not Path(old.stored[1]).is_file()):
-        return "its result file is missing or unreadable"
+    if old.stored and old.stored[0] == "file" and not Path(old.stored[1]).is_file():
+        return "its result file is missing"
+    if broken:
+        return "its stored result is unreadable or not sealed with a trusted key"
     if fp.of(i, hashes) != old.extra["fp"]:
         return "definition changed (its parameters or inputs)"
     return None

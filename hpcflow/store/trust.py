@@ -12,8 +12,8 @@ plain data only (``store/journal.py``), so reading a run never runs anything.
 **The key.** 32 random bytes in ``$HPCFLOW_KEY_FILE``, else
 ``$XDG_CONFIG_HOME/hpcflow/key`` (``~/.config/hpcflow/key``), made on first use with
 mode 0600: written to a private temporary file, then linked into place, so that
-processes starting together (a worker per rank) all read the one key that won. A key
-file that others can read or write, or that another user owns, is refused. Batch jobs
+processes starting together (a worker per rank) all read the one key that won, once per
+process. A key file that others can read or write, or that another user owns, is refused. Batch jobs
 see the same home directory, so workers under Slurm seal with the same key.
 
 **Trusting a colleague.** ``$HPCFLOW_TRUSTED_KEYS`` lists other key files (``:``
@@ -71,18 +71,22 @@ def key_path() -> Path:
     return Path(config) / "hpcflow" / "key"
 
 
+@functools.cache
 def own_key() -> bytes:
-    """This user's key, made on first use."""
-    return _key_at(str(key_path()))
-
-
-@functools.lru_cache(maxsize=8)
-def _key_at(path: str) -> bytes:
+    """This user's key, made on first use; read once per process (a worker seals every
+    result with it)."""
+    path = key_path()
     try:
-        return _read_key(Path(path), others=0o077, fix="chmod 600")
-    except FileNotFoundError:
-        _create_key(Path(path))
-        return _read_key(Path(path), others=0o077, fix="chmod 600")
+        try:
+            return _read_key(path, others=0o077, fix="chmod 600")
+        except FileNotFoundError:
+            _create_key(path)
+            return _read_key(path, others=0o077, fix="chmod 600")
+    except TrustError:
+        raise
+    except OSError as exc:
+        raise TrustError(f"cannot use key file {path}: {exc.strerror}; set {KEY_ENV} to a "
+                         "file of your own in a place you can write") from None
 
 
 def _create_key(path: Path) -> None:

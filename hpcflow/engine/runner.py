@@ -31,7 +31,7 @@ from hpcflow.plan.flatten import flatten
 from hpcflow.plan.plan import Plan
 from hpcflow.plan.policy import Slot
 from hpcflow.store.journal import truncate_torn
-from hpcflow.store.measured import record_in_background
+from hpcflow.store.measured import record_in_background, wait_for_recording
 from hpcflow.store.resume import Decision, forced_ids, plan_resume, record_force
 from hpcflow.store.rundir import RunDir
 
@@ -128,6 +128,7 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
     if config.engine not in BACKENDS:
         raise EngineError(f"unknown engine '{config.engine}' (known: {', '.join(sorted(BACKENDS))})")
     analysis = analyse(plan)
+    wait_for_recording()  # an earlier run's history thread ends before workers are forked
     config.options.isolate = config.options.isolate or config.isolate
     forced = _forced(plan, config)
     with _writable_run_folder(config):

@@ -5,8 +5,10 @@ peak memory are already in the journal's DONE, FAIL and RETRY events. At the run
 :func:`record_in_background` replays the last session (the events after the last RUN,
 whose plan names each group's definition hash) in a thread, so that reading the
 journal costs the run nothing: ``hf.run`` returns at once, and the interpreter waits for
-the thread before it exits. Per definition only the newest :data:`~hpcflow.store.
-history.KEEP` attempts are kept, so a sweep of millions holds a hundred in memory.
+the thread before it exits (a next run in the same process waits for it before it forks
+its workers: forking beside a live thread can deadlock the child). Per definition only
+the newest :data:`~hpcflow.store.history.KEEP` attempts are kept, so a sweep of
+millions holds a hundred in memory. Reading costs about 13 µs per task.
 """
 
 from __future__ import annotations

@@ -302,3 +302,11 @@ def test_plan_creates_no_history(tmp_path):
     (tmp_path / "wf.py").write_text(WORKFLOW_PY)
     out = _cli("plan", "wf.py:wf", cwd=tmp_path, history=tmp_path / "none" / "h.sqlite")
     assert out.returncode == 0 and not (tmp_path / "none").exists()
+
+
+def test_a_failed_attempt_counts_for_nothing():
+    samples = [done(100.0, G), done(110.0, G), Sample(0.01, 10, "failed")]
+    d, m = duration_estimate(samples), memory_estimate(samples)
+    assert d is not None and d.count == 2 and d.median == pytest.approx(105.0)
+    assert m is not None and m.count == 2 and m.median == G
+    assert duration_estimate([Sample(0.01, 0, "failed")]) is None

@@ -3,8 +3,9 @@
 A task definition's history (``hpcflow/store/history.py``) is a list of :class:`Sample`:
 one finished attempt each, with how it ended. From those:
 
-- the **median** of the attempts that finished (``done``, or ``failed`` on an error of
-  its own) is the prediction: what the planner and the makespan use;
+- the **median** of the attempts that succeeded (``done``) is the prediction: what the
+  planner and the makespan use. A ``failed`` attempt (an error of its own) is kept in
+  the history but counts for nothing: it may have stopped at any point;
 - the **high quantile** (:data:`QUANTILE`) times ``1 + margin``, the margin
   :data:`MARGIN` / sqrt(samples) shrinking as samples grow (50% after one run, 5%
   after a hundred), is what a request covering one task asks for;
@@ -74,15 +75,15 @@ def estimate(values: Sequence[float], bounds: Sequence[float] = ()) -> Estimate 
 
 
 def duration_estimate(samples: Sequence[Sample]) -> Estimate | None:
-    """Durations of attempts that ran to their end; a timeout is a lower bound."""
-    values = [s.duration for s in samples if s.outcome in ("done", "failed")]
+    """Durations of attempts that succeeded; a timeout is a lower bound."""
+    values = [s.duration for s in samples if s.outcome == "done"]
     return estimate(values, [s.duration for s in samples if s.outcome == "timeout"])
 
 
 def memory_estimate(samples: Sequence[Sample]) -> Estimate | None:
-    """Peak memory of attempts that measured it; one the OOM killer ended is a lower
-    bound (what it had reached when it was read, 0 if nothing was)."""
-    values = [float(s.memory) for s in samples if s.memory > 0 and s.outcome != "oom"]
+    """Peak memory of attempts that succeeded and measured it; one the OOM killer ended
+    is a lower bound (what it had reached when it was read, 0 if nothing was)."""
+    values = [float(s.memory) for s in samples if s.memory > 0 and s.outcome == "done"]
     return estimate(values, [float(s.memory) for s in samples if s.outcome == "oom"])
 
 

@@ -310,3 +310,19 @@ def test_a_failed_attempt_counts_for_nothing():
     assert d is not None and d.count == 2 and d.median == pytest.approx(105.0)
     assert m is not None and m.count == 2 and m.median == G
     assert duration_estimate([Sample(0.01, 0, "failed")]) is None
+
+
+def greedy(x: int) -> int:
+    raise MemoryError(f"cannot hold {x} GiB")
+
+
+@pytest.mark.timeout(120)
+def test_a_task_out_of_memory_is_recorded_as_oom(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    with pytest.raises(hf.RunFailed):
+        hf.run(hf.workflow("oom", outputs={"x": hf.task(greedy, name="greedy")(64)}),
+               engine="local", workers=1, runs_root=str(tmp_path), history_path=path)
+    wait_for_recording()
+    with History(path) as history:
+        (entry,) = history.entries("greedy")
+        assert [s.outcome for s in history.samples(entry.definition)] == ["oom"]

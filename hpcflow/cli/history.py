@@ -90,7 +90,7 @@ def _show_text(history: Any, entry: Any) -> str:
         format_seconds,
         memory_estimate,
     )
-    from hpcflow.plan.summary import estimates_text
+    from hpcflow.plan.summary import estimate_line
 
     attempts = history.attempts(entry.definition)
     samples = [a.sample for a in attempts]
@@ -100,7 +100,7 @@ def _show_text(history: Any, entry: Any) -> str:
                              len(samples))
     lines = [f"{entry.name} ({entry.definition}), workflow {entry.workflow}, "
              f"{entry.instances} instances, {entry.runs} runs",
-             estimates_text([estimate]).splitlines()[1].strip()]
+             estimate_line(estimate)]
     lines += [f"  {_date(a.at)}  {a.sample.outcome:<7} {format_seconds(a.sample.duration):>8} "
               f"{format_memory(a.sample.memory) if a.sample.memory else '-':>6}  {a.engine}, "
               f"{a.cores} cores{', GPU' if a.gpu else ''}" for a in attempts[-20:]]

@@ -124,14 +124,15 @@ def estimates_text(estimates: Sequence[GroupEstimate]) -> str:
     """Per group, the time (and learned memory) the plan uses and where it comes from,
     then one warning per group whose declaration is far from what was measured."""
     lines = ["estimates (per task):"]
-    lines += [f"  {_estimate_text(e)}" for e in estimates[:_TEXT_GROUPS]]
+    lines += [f"  {estimate_line(e)}" for e in estimates[:_TEXT_GROUPS]]
     if len(estimates) > _TEXT_GROUPS:
         lines.append(f"  ... {len(estimates) - _TEXT_GROUPS:,} more groups")
     lines += [f"warning: {w}" for e in estimates for w in e.warnings()]
     return "\n".join(lines) + "\n"
 
 
-def _estimate_text(e: GroupEstimate) -> str:
+def estimate_line(e: GroupEstimate) -> str:
+    """One group's line of :func:`estimates_text`."""
     d, m = e.duration, e.memory
     text = f"{e.name}: time {format_seconds(e.time)} {e.source}"
     if e.source == "learned" and d is not None:

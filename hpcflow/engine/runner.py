@@ -8,6 +8,7 @@ module never imports an optional engine's package.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import os
 import signal
@@ -115,15 +116,22 @@ def run_workflow(workflow: Workflow | Plan, config: EngineConfig | None = None) 
     """Run ``workflow`` to the end and return its outcome (outputs, failures, run folder)."""
     config = config or EngineConfig()
     config.engine = choose_engine(config.engine)
+    after: list[Callable[[], object]] = []  # the history's recording, once the run is over
+    coordinate = functools.partial(_coordinate, after=after)
     with marked_as_running():
         if config.engine == "mpi":  # every rank calls this; only rank 0 comes back to _coordinate
             from hpcflow.engine.mpi import session
 
-            return session.run(workflow, config, _coordinate)
-        return _coordinate(workflow, config)
+            result = session.run(workflow, config, coordinate)
+        else:
+            result = coordinate(workflow, config)
+    for start in after:
+        start()
+    return result
 
 
-def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
+def _coordinate(workflow: Workflow | Plan, config: EngineConfig,
+                after: list[Callable[[], object]]) -> RunResult:
     plan = workflow if isinstance(workflow, Plan) else flatten(workflow)
     if config.engine not in BACKENDS:
         raise EngineError(f"unknown engine '{config.engine}' (known: {', '.join(sorted(BACKENDS))})")
@@ -168,7 +176,8 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig) -> RunResult:
         run.write_info(info)
         run.unlock()
     if config.history:
-        record_in_background(run.journal, plan.workflow, config.engine, slots, config.history_path)
+        after.append(functools.partial(record_in_background, run.journal, plan.workflow,
+                                       config.engine, slots, config.history_path))
     return result
 
 

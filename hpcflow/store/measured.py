@@ -8,7 +8,7 @@ journal costs the run nothing: ``hf.run`` returns at once, and the interpreter w
 the thread before it exits (a next run in the same process waits for it before it forks
 its workers: forking beside a live thread can deadlock the child). Per definition only
 the newest :data:`~hpcflow.store.history.KEEP` attempts are kept, so a sweep of
-millions holds a hundred in memory. Reading costs about 13 µs per task.
+millions holds a hundred in memory. Reading costs a few µs per task.
 """
 
 from __future__ import annotations

@@ -326,3 +326,20 @@ def test_a_task_out_of_memory_is_recorded_as_oom(tmp_path):
     with History(path) as history:
         (entry,) = history.entries("greedy")
         assert [s.outcome for s in history.samples(entry.definition)] == ["oom"]
+
+
+@pytest.mark.timeout(120)
+def test_cli_history_option_wins_over_the_environment_and_forget_by_name(tmp_path):
+    (tmp_path / "wf.py").write_text(WORKFLOW_PY.replace("range(4)", "range(1)"))
+    env_file, option_file = tmp_path / "env.sqlite", tmp_path / "option.sqlite"
+    ran = _cli("run", "wf.py:wf", "-q", "--history", str(option_file), cwd=tmp_path,
+               history=env_file)
+    assert ran.returncode == 0, ran.stderr
+    assert option_file.exists() and not env_file.exists()
+    listed = _cli("history", "--history", str(option_file), cwd=tmp_path, history=env_file)
+    assert "sim " in listed.stdout and "1 attempt, 1 run, 1 instance," in listed.stdout
+    gone = _cli("history", "forget", "sim", "--history", str(option_file), cwd=tmp_path,
+                history=env_file)
+    assert "forgot 1" in gone.stdout
+    with History(option_file) as history:
+        assert history.entries() == []

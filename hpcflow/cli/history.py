@@ -76,9 +76,9 @@ def _list_text(path: Any, entries: list[Any]) -> str:
     lines = [f"history: {path}"]
     if not entries:
         lines.append("  (empty: runs add to it when they end)")
-    lines += [f"  {e.name:<24} {e.definition[:12]}  {e.samples:>3} attempts, {e.runs} runs, "
-              f"{e.instances} instances, workflow {e.workflow}, last {_date(e.seen)}"
-              for e in entries]
+    lines += [f"  {e.name:<24} {e.definition[:12]}  {_count(e.samples, 'attempt')}, "
+              f"{_count(e.runs, 'run')}, {_count(e.instances, 'instance')}, workflow "
+              f"{e.workflow}, last {_date(e.seen)}" for e in entries]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +99,7 @@ def _show_text(history: Any, entry: Any) -> str:
                              d.median if d else 0.0, None, 0, d, memory_estimate(samples),
                              len(samples))
     lines = [f"{entry.name} ({entry.definition}), workflow {entry.workflow}, "
-             f"{entry.instances} instances, {entry.runs} runs",
+             f"{_count(entry.instances, 'instance')}, {_count(entry.runs, 'run')}",
              estimate_line(estimate)]
     lines += [f"  {_date(a.at)}  {a.sample.outcome:<7} {format_seconds(a.sample.duration):>8} "
               f"{format_memory(a.sample.memory) if a.sample.memory else '-':>6}  {a.engine}, "
@@ -118,6 +118,10 @@ def _entry_json(history: Any, entry: Any, attempts: bool) -> dict[str, Any]:
                              "outcome": a.sample.outcome, "engine": a.engine, "cores": a.cores,
                              "gpu": a.gpu} for a in history.attempts(entry.definition)]
     return data
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _date(seconds: float) -> str:

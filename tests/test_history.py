@@ -21,6 +21,7 @@ from hpcflow.plan.estimates import (
     Sample,
     duration_estimate,
     estimate,
+    member_times,
     memory_estimate,
 )
 from hpcflow.plan.flatten import flatten
@@ -343,3 +344,35 @@ def test_cli_history_option_wins_over_the_environment_and_forget_by_name(tmp_pat
     assert "forgot 1" in gone.stdout
     with History(option_file) as history:
         assert history.entries() == []
+
+
+def test_a_member_whose_own_samples_differ_clearly_keeps_them():
+    group = duration_estimate([done(10.0)] * 6 + [done(100.0)] * 3)
+    assert group is not None and group.median == 10.0
+    members = {0: [done(10.0)] * 3, 1: [done(11.0)] * 3, 2: [done(100.0)] * 3,
+               3: [done(100.0)] * 2}
+    assert member_times(group, members) == {2: 100.0}  # member 3: too few samples
+
+
+def sized(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+@pytest.mark.timeout(180)
+def test_sweep_members_with_their_own_durations_are_planned_with_them(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+
+    def workflow() -> hf.Workflow:
+        runs = hf.task(sized, name="sized").sweep({"x": [0, 1, 2], "seconds": [0.02, 0.6]},
+                                                  mode="product")
+        return hf.workflow("sized", outputs={"all": runs.all()})
+
+    for _ in range(3):
+        hf.run(workflow(), engine="local", workers=2, runs_root=str(tmp_path), history_path=path)
+        wait_for_recording()
+    with History(path) as history:
+        plan, (est,) = with_learned(flatten(workflow()), history)
+    assert sorted(est.members) == [0, 1, 2, 3, 4, 5]
+    short, long_ = plan.time[[0, 2, 4]], plan.time[[1, 3, 5]]
+    assert (short < 0.3).all() and (long_ > 0.55).all(), plan.time

@@ -9,6 +9,8 @@ one finished attempt each, with how it ended. From those:
 - the **high quantile** (:data:`QUANTILE`) times ``1 + margin``, the margin
   :data:`MARGIN` / sqrt(samples) shrinking as samples grow (50% after one run, 5%
   after a hundred), is what a request covering one task asks for;
+- sweep members share their definition's samples, unless a member's own differ clearly
+  (:func:`member_times`);
 - an attempt ended by its timeout (for the duration) or by the OOM killer (for the
   memory) only says the true value was larger: it is a *lower bound*. Bounds never
   lower an estimate: each value is at least the largest bound among the samples.
@@ -19,8 +21,8 @@ Pure functions over plain data, so that the rules can be tested on recorded samp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hpcflow.model.resources import format_memory
@@ -28,6 +30,10 @@ from hpcflow.model.resources import format_memory
 QUANTILE = 0.95
 MARGIN = 0.5
 OUTCOMES = ("done", "failed", "timeout", "oom")
+MEMBER_SAMPLES = 3
+MEMBER_FACTOR = 1.5
+"""A sweep member with this many samples of its own, whose median is further than this
+factor from its group's, is planned with its own median (the others share the group's)."""
 FAR_FACTOR = 4.0
 """Declared and measured values further apart than this factor are warned about..."""
 FAR_SECONDS = 300.0
@@ -87,6 +93,20 @@ def memory_estimate(samples: Sequence[Sample]) -> Estimate | None:
     return estimate(values, [float(s.memory) for s in samples if s.outcome == "oom"])
 
 
+def member_times(group: Estimate, members: Mapping[int, Sequence[Sample]]) -> dict[int, float]:
+    """The sweep members whose own durations differ clearly from their group's: at least
+    :data:`MEMBER_SAMPLES` succeeded attempts whose median is more than
+    :data:`MEMBER_FACTOR` away from the group's. Member -> its own median."""
+    own: dict[int, float] = {}
+    for member, samples in members.items():
+        d = duration_estimate(samples)
+        if d is None or d.count < MEMBER_SAMPLES:
+            continue
+        if d.median > group.median * MEMBER_FACTOR or d.median * MEMBER_FACTOR < group.median:
+            own[member] = d.median
+    return own
+
+
 def _quantile(ordered: Sequence[float], q: float) -> float:
     """Linear interpolation between the closest ranks (numpy's default)."""
     position = q * (len(ordered) - 1)
@@ -119,6 +139,8 @@ class GroupEstimate:
     duration: Estimate | None = None
     memory: Estimate | None = None
     runs: int = 0
+    members: Mapping[int, float] = field(default_factory=dict)
+    """Sweep members timed by their own samples (:func:`member_times`): member -> seconds."""
 
     def warnings(self) -> list[str]:
         """Where the declaration is far from what was measured (one line each)."""

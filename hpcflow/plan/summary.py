@@ -140,6 +140,8 @@ def estimate_line(e: GroupEstimate) -> str:
                  f"p95 {format_seconds(d.high)}")
         if d.bound:
             text += f", at least {format_seconds(d.bound)} (timed out)"
+        if e.members:
+            text += f"; {_plural(len(e.members), 'member')} by their own samples"
     if m is not None:
         text += (f"; memory {format_memory(int(m.request))} learned: peak median "
                  f"{format_memory(int(m.median))}, p95 {format_memory(int(m.high))}")

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS definitions (
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY, hash TEXT NOT NULL, at REAL NOT NULL, duration REAL NOT NULL,
     memory INTEGER NOT NULL, outcome TEXT NOT NULL, engine TEXT NOT NULL,
-    cores INTEGER NOT NULL, gpu INTEGER NOT NULL);
+    cores INTEGER NOT NULL, gpu INTEGER NOT NULL, member INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_hash ON attempts (hash, id);
 """
 
@@ -60,13 +60,15 @@ class HistoryError(HpcflowError):
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One finished attempt as recorded: a :class:`Sample` with where and when."""
+    """One finished attempt as recorded: a :class:`Sample` with where and when, and
+    which member of its group's sweep it was (0 for a task not swept)."""
 
     sample: Sample
     at: float
     engine: str
     cores: int
     gpu: bool
+    member: int = 0
 
 
 @dataclass
@@ -159,6 +161,15 @@ class History:
                                 "ORDER BY id", (definition,))
         return [Sample(float(d), int(m), str(o)) for d, m, o in rows]
 
+    def member_samples(self, definition: str) -> dict[int, list[Sample]]:
+        """The kept attempts by sweep member (its position in the group), oldest first."""
+        found: dict[int, list[Sample]] = {}
+        rows = self._db.execute("SELECT member, duration, memory, outcome FROM attempts "
+                                "WHERE hash = ? ORDER BY id", (definition,))
+        for member, d, m, o in rows:
+            found.setdefault(int(member), []).append(Sample(float(d), int(m), str(o)))
+        return found
+
     def attempts(self, definition: str) -> list[Attempt]:
         rows = self._db.execute("SELECT duration, memory, outcome, at, engine, cores, gpu "
                                 "FROM attempts WHERE hash = ? ORDER BY id", (definition,))
@@ -200,9 +211,9 @@ def _record_one(db: sqlite3.Connection, m: Measured, now: float) -> None:
                "workflow = excluded.workflow, instances = excluded.instances, "
                "runs = runs + 1, seen = excluded.seen",
                (m.definition, m.name, m.workflow, m.instances, now))
-    db.executemany("INSERT INTO attempts (hash, at, duration, memory, outcome, engine, cores, gpu) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    db.executemany("INSERT INTO attempts (hash, at, duration, memory, outcome, engine, cores, gpu, "
+                   "member) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    [(m.definition, a.at, a.sample.duration, a.sample.memory, a.sample.outcome,
-                     a.engine, a.cores, int(a.gpu)) for a in m.attempts[-KEEP:]])
+                     a.engine, a.cores, int(a.gpu), a.member) for a in m.attempts[-KEEP:]])
     db.execute("DELETE FROM attempts WHERE hash = ? AND id NOT IN (SELECT id FROM attempts "
                "WHERE hash = ? ORDER BY id DESC LIMIT ?)", (m.definition, m.definition, KEEP))

@@ -4,8 +4,9 @@
 ``submit`` size and predict with. Per group, keyed by its definition hash:
 
 - **time**: the median of the measured durations (never below a timeout's lower
-  bound). The whole run's request adds the sizing's own margin to the makespan, where
-  task-to-task spread averages out, so a per-task quantile would pad it twice;
+  bound); a sweep member whose own samples differ clearly, its own median. The whole
+  run's request adds the sizing's own margin to the makespan, where task-to-task
+  spread averages out, so a per-task quantile would pad it twice;
 - **memory**: the high quantile with its margin (``plan/estimates.py``), rounded up
   to a MiB: one task over its memory is killed, whatever the others do.
 
@@ -20,7 +21,12 @@ import dataclasses
 import math
 
 from hpcflow.model.resources import DEFAULT_TIME_ESTIMATE
-from hpcflow.plan.estimates import GroupEstimate, duration_estimate, memory_estimate
+from hpcflow.plan.estimates import (
+    GroupEstimate,
+    duration_estimate,
+    member_times,
+    memory_estimate,
+)
 from hpcflow.plan.plan import Group, Plan
 from hpcflow.store.history import History
 from hpcflow.store.resume import definition_hash
@@ -42,6 +48,8 @@ def with_learned(plan: Plan, history: History | None) -> tuple[Plan, list[GroupE
         span = slice(group.start, group.start + group.size)
         if e.source == "learned":
             time[span] = e.time
+            for member, seconds in e.members.items():
+                time[group.start + member] = seconds
         if e.memory is not None:
             memory[span] = math.ceil(e.memory.request / _MIB) * _MIB
         groups[k] = _with_resources(group, e, int(memory[group.start]) if group.size else 0)
@@ -57,8 +65,12 @@ def _group_estimate(group: Group, definition: str, history: History | None) -> G
     else:
         source = "declared" if declared.time is not None else "default"
         time = declared.time if declared.time is not None else DEFAULT_TIME_ESTIMATE
+    members: dict[int, float] = {}
+    if duration is not None and history is not None and group.swept:
+        members = {m: t for m, t in member_times(duration, history.member_samples(definition)
+                                                 ).items() if 0 <= m < group.size}
     return GroupEstimate(group.name, definition, source, float(time), declared.time,
-                         declared.memory, duration, memory, len(samples))
+                         declared.memory, duration, memory, len(samples), members)
 
 
 def _with_resources(group: Group, e: GroupEstimate, memory: int) -> Group:

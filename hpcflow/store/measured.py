@@ -57,7 +57,7 @@ def measured(journal: str | os.PathLike[str], workflow: str, engine: str,
     groups: list[Any] = []
     defs: list[str] = []
     group_of = _Groups(groups)
-    kept: dict[int, deque[tuple[Any, ...]]] = {}
+    kept: dict[int, deque[tuple[tuple[Any, ...], int]]] = {}  # group -> (event, member)
     ends = (Event.DONE, Event.FAIL, Event.RETRY)
     lo = hi = group = 0
     for event in read_journal(journal):
@@ -67,14 +67,14 @@ def measured(journal: str | os.PathLike[str], workflow: str, engine: str,
             if not lo <= i < hi:
                 lo, hi, group = group_of.span(i)
             if group >= 0:
-                kept.setdefault(group, deque(maxlen=KEEP)).append(event)
+                kept.setdefault(group, deque(maxlen=KEEP)).append((event, i - lo))
         elif kind == Event.RUN:
             info = event[1] if isinstance(event[1], dict) else {}
             groups, defs, kept = info.get("groups", []), info.get("defs") or [], {}
             group_of, lo, hi = _Groups(groups), 0, 0
     found = []
     for g, events in kept.items():
-        attempts = [a for a in (_attempt(e, engine, kinds) for e in events) if a is not None]
+        attempts = [a for a in (_attempt(e, m, engine, kinds) for e, m in events) if a is not None]
         if g < len(defs) and attempts:
             found.append(Measured(defs[g], str(groups[g][0]), workflow, int(groups[g][2]),
                                   attempts))
@@ -99,7 +99,7 @@ class _Groups:
         return start, start + size, group
 
 
-def _attempt(event: tuple[Any, ...], engine: str,
+def _attempt(event: tuple[Any, ...], member: int, engine: str,
              kinds: Sequence[tuple[int, bool]]) -> Attempt | None:
     """The attempt a DONE, FAIL or RETRY event ends (None: a RETRY without its times)."""
     if event[0] == Event.RETRY:
@@ -116,7 +116,7 @@ def _attempt(event: tuple[Any, ...], engine: str,
     outcome = "done" if event[0] == Event.DONE else outcome_of(error)
     cores, gpu = kinds[worker] if 0 <= worker < len(kinds) else (0, False)
     return Attempt(Sample(max(0.0, float(end) - float(start)), memory, outcome), float(end),
-                   engine, cores, gpu)
+                   engine, cores, gpu, member)
 
 
 def record(journal: str | os.PathLike[str], workflow: str, engine: str,

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py [--workers 2] [--repeat 3] [--tasks 20000]
                                       [--task-seconds 0] [--only noop,dag,data,makespan]
+                                      [--in-rank]
 
 Every runner gets the same ranks (``mpiexec -n workers+1``) and the same workloads;
 Dask distributed (``ref_dask.py``: a ``LocalCluster`` of as many one-thread worker
@@ -19,6 +20,10 @@ workload at ``--dask-tasks`` tasks and the DAG:
   ``bench-floor/raw_bandwidth.py``; and into a fresh array each time);
 - ``makespan``: a DAG of 60 sleeps of uneven length (10-150 ms, declared as ``time``)
   against ``max(critical path, work / workers)`` and the planner's list schedule.
+
+``--in-rank`` adds hpcflow with its tasks run in the worker ranks themselves
+(``HPCFLOW_MPI_TASK_PROCESS=0``) beside the default, where each rank runs them in a task
+process of its own so that a crash fails one task (``engine/child.py``).
 
 hpcflow runs with its journal on and its run folders in a temporary folder. Each
 (runner, workload) is repeated ``--repeat`` times, interleaved, and the median is
@@ -92,10 +97,16 @@ def jobs(args: argparse.Namespace) -> dict[tuple[str, str], tuple[int, list[str]
             table[("noop", "bench-floor raw_loop.py")] = (ranks, [py, str(floor), str(args.tasks)])
         if dask and not args.task_seconds:
             table[("noop", "dask distributed")] = (0, [*dask, "noop", str(args.dask_tasks), workers])
+    in_rank = ["env", "HPCFLOW_MPI_TASK_PROCESS=0", py, "run_hpcflow.py"]
+    if "noop" in only and args.in_rank:
+        table[("noop", "hpcflow, tasks in the ranks")] = (ranks, [*in_rank, *noop])
     if "dag" in only:
         for runner, argv in (("hpcflow", [py, "run_hpcflow.py"]), ("futures", fut),
                              ("raw", [py, "ref_raw.py"])):
             table[("dag50x200", runner)] = (ranks, [*argv, "dag", "50", "200"])
+        if args.in_rank:
+            table[("dag50x200", "hpcflow, tasks in the ranks")] = (ranks, [*in_rank, "dag", "50",
+                                                                           "200"])
         if dask:
             table[("dag50x200", "dask distributed")] = (0, [*dask, "dag", "50", "200", workers])
     if "data" in only:
@@ -187,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out the Dask distributed reference (it needs the dask extra)")
     parser.add_argument("--dask-tasks", type=int, default=5000,
                         help="no-op tasks for Dask (its rate does not depend on the count)")
+    parser.add_argument("--in-rank", action="store_true",
+                        help="also run hpcflow with its tasks in the worker ranks "
+                             "(HPCFLOW_MPI_TASK_PROCESS=0): what the crash-safe task process costs")
     parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args(argv)
     results = measure(args)

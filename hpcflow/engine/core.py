@@ -153,9 +153,15 @@ class Core:
 
     # -- set-up ---------------------------------------------------------------------
     def seed(self, completed: dict[int, Any] | None = None, hashes: dict[int, str] | None = None,
-             candidates: dict[int, Prior] | None = None) -> None:
+             candidates: dict[int, Prior] | None = None, last: Sequence[int] = ()) -> None:
         """Fill ``ready`` with the sources; ``completed`` (from a resume) counts as done,
-        ``hashes`` are their content hashes, ``candidates`` may be reused at dispatch."""
+        ``hashes`` are their content hashes, ``candidates`` may be reused at dispatch.
+        ``last`` (a resume: the tasks that failed before) go after every other task."""
+        if last:  # a task that crashed its worker may do so again: let the rest finish first
+            floor = min(self.priority) - 1.0
+            self.priority = list(self.priority)
+            for i in last:
+                self.priority[i] = floor
         self.hashes.update(hashes or {})
         self.candidates.update(candidates or {})
         for i, value in (completed or {}).items():

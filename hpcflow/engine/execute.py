@@ -414,10 +414,20 @@ def _read_all(fd: int, deadline: float | None) -> bytes:
 
 
 def _death(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"died of {signal.Signals(sig).name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)} without a result"
+    return describe_exit(os.waitstatus_to_exitcode(status))
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that ended it)."""
+    if code is None:
+        return "ended, its exit code unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"died of {name}"
+    return f"exited with status {code} without a result"
 
 
 def default_launcher(ranks: int) -> list[str]:

@@ -161,7 +161,8 @@ def _coordinate(workflow: Workflow | Plan, config: EngineConfig,
             core = Core(plan, analysis.priority.tolist(), backend, run, config.options)
             if config.progress is not None:
                 core.progress = config.progress(plan.n)
-            core.seed(values, decision.hashes, decision.candidates)
+            core.seed(values, decision.hashes, decision.candidates,
+                      [i for i, why in decision.reasons.items() if why == "failed"])
             with watching(for_run(run.path, run.journal, config.deadline)) as core.walltime:
                 result = core.run()
             status = result.status

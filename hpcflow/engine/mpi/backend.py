@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 from mpi4py import MPI
 
+from hpcflow.engine.child import TaskProcess, tell_owner
 from hpcflow.engine.core import check_fits
 from hpcflow.engine.execute import Call, Executor, Outcome
 from hpcflow.engine.memory import larger
@@ -210,6 +211,10 @@ def serve_setup(session: Session, setup: dict[str, Any]) -> None:
         if world.bcast(None, root=0):
             assert executor is not None
             runs = cloudpickle.loads(setup["runs"])
-            Worker(wire, world, executor, actions, setup["run_dir"], session.backoff, runs).serve()
+            child = (TaskProcess(world.rank - 1, actions, runs, setup["run_dir"],
+                                 setup["python_path"], executor.launcher, tell_owner)
+                     if session.settings.task_process else None)
+            Worker(wire, world, executor, actions, setup["run_dir"], session.backoff, runs,
+                   child).serve()
     finally:
         wire.free()

@@ -18,6 +18,11 @@ Every knob has a safe default; none is needed on a workstation or in a Slurm job
 ``HPCFLOW_CORES_PER_WORKER``
     Cores of each worker's share when neither Slurm (``SLURM_CPUS_PER_TASK``) nor the
     default (the node's cores divided by its worker ranks) is right.
+``HPCFLOW_MPI_TASK_PROCESS``
+    ``1`` (default): each worker rank runs its one-rank tasks in a long-lived task
+    process of its own (``engine/child.py``), so that a task that crashes fails alone
+    instead of ending every rank; ``0``: in the rank itself (for measuring what the
+    task process costs).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Settings:
     mpiexec: str | None = None
     launcher: str | None = None
     cores_per_worker: int | None = None
+    task_process: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +53,7 @@ class Settings:
                 mpiexec=env.get("HPCFLOW_MPIEXEC") or None,
                 launcher=env.get("HPCFLOW_LAUNCHER") or None,
                 cores_per_worker=int(cores) if cores else None,
+                task_process=_flag(env.get("HPCFLOW_MPI_TASK_PROCESS", "1")),
             )
         except ValueError as exc:
             raise EngineError(f"bad HPCFLOW_* setting for the MPI engine: {exc}") from None
@@ -58,3 +65,9 @@ class Settings:
             raise EngineError("mpiexec not found: install the mpich wheel (pip install mpich), "
                               "load your site's MPI module, or set HPCFLOW_MPIEXEC")
         return found
+
+
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"HPCFLOW_MPI_TASK_PROCESS must be 0 or 1, not {text!r}")
+    return text == "1"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from mpi4py import MPI
@@ -94,6 +95,14 @@ class Backoff:
 
     def sleep(self) -> None:
         time.sleep(self.delay)
+        self._grow()
+
+    def sleep_on(self, conn: Connection) -> None:
+        """As :meth:`sleep`, but wake as soon as ``conn`` has something to read."""
+        wait([conn], self.delay)
+        self._grow()
+
+    def _grow(self) -> None:
         self.waited += self.delay
         cap = self.short if self.waited < self.patience else self.maximum
         self.delay = min(cap, max(self.minimum, self.delay * 2))

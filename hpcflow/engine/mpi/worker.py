@@ -1,5 +1,14 @@
 """A worker rank: take calls from rank 0, run them one at a time, send outcomes back.
 
+The rank runs its tasks in a task process of its own (``engine/child.py``) and only
+relays: under MPICH a rank that dies ends every rank, so a task that crashes must not
+crash the rank. It passes the calls that have arrived on to the process in one message
+and sends each batch of outcomes that comes back on to rank 0. A task process that
+dies fails the task it ran (its name, the signal, its log) and is replaced. A Python
+task with ``ranks > 1`` runs in the rank itself (it needs the communicator), once the
+task process has finished what it holds, so it cannot fail alone. Without a task
+process (``HPCFLOW_MPI_TASK_PROCESS=0``) the rank runs every task itself, as follows.
+
 The loop keeps a local queue (``pending``) that the coordinator fills several calls deep
 when tasks are short; a run of a sweep's members arrives as one call and is expanded
 into the queue here (``engine/runs.py``). Between two tasks the worker takes every message that has arrived
@@ -36,6 +45,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from hpcflow.engine.child import TaskProcess
 from hpcflow.engine.execute import Call, Executor, Outcome, end_children, resolve_target
 from hpcflow.engine.mpi.channel import Channel
 from hpcflow.engine.mpi.wire import (
@@ -60,7 +70,8 @@ MAX_OUTCOMES = 256
 class Worker:
     def __init__(self, wire: Channel, world: MPI.Intracomm, executor: Executor,
                  actions: list[Action], run_dir: str, backoff: Backoff,
-                 runs: dict[int, RunSpec] | None = None) -> None:
+                 runs: dict[int, RunSpec] | None = None, child: TaskProcess | None = None,
+                 ) -> None:
         self.wire, self.world, self.executor = wire, world, executor
         self.actions = actions
         self.index = world.rank - 1
@@ -74,6 +85,7 @@ class Worker:
         self.signalled: int | None = None
         self._accepts_comm: dict[int, bool] = {}
         self._requests: list[MPI.Request] = []  # outcome isends not yet complete
+        self.child = child  # runs the one-rank tasks (engine/child.py); None: this rank does
 
     # -- the loop -------------------------------------------------------------------
     def serve(self) -> None:
@@ -82,14 +94,14 @@ class Worker:
         try:
             backoff = self.backoff
             while not self._receive():
-                if self.pending:
+                if self._step():
                     backoff.reset()
-                    self._run_next()
-                    if self._should_send():
-                        self._send()
+                    continue
+                if self.done:
+                    self._send()
+                if self.child is not None and self.child.busy:
+                    backoff.sleep_on(self.child.conn)
                 else:
-                    if self.done:
-                        self._send()
                     backoff.sleep()
             self._requests.extend(self.wire.isend(None, 0, BYE))
             while not MPI.Request.Testall(self._requests):
@@ -97,6 +109,56 @@ class Worker:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.child is not None:
+                self.child.stop()
+
+    def _step(self) -> bool:
+        """Relay to and from the task process, or run a task here; False if idle."""
+        child = self.child
+        if child is None:
+            if not self.pending:
+                return False
+            self._run_next()
+            if self._should_send():
+                self._send()
+            return True
+        if self.signalled is not None and child.busy:
+            self._fail_held(child)
+        if child.busy and child.conn.poll():
+            self.done.extend(map(tuple, child.receive()))
+            self._send()
+            return True
+        return self._feed(child)
+
+    def _feed(self, child: TaskProcess) -> bool:
+        """Pass the queued one-rank calls to the task process; run a multi-rank Python
+        task here once the process has finished what it holds (queue order is kept)."""
+        pending = self.pending
+        batch: list[tuple[Call, int]] = []
+        while pending and self.signalled is None and self._in_child(pending[0]):
+            call, ranks, _ = pending.popleft()
+            batch.append((call, ranks))
+        if batch:
+            child.send(batch)
+            return True
+        if not pending or child.busy:
+            return False
+        self._run_next()
+        if self._should_send():
+            self._send()
+        return True
+
+    def _in_child(self, item: tuple[Call, int, int]) -> bool:
+        call, ranks, _ = item
+        return ranks == 1 or isinstance(self.actions[call.group], ShellCommand)
+
+    def _fail_held(self, child: TaskProcess) -> None:
+        """A stop signal: end the task process's tree; what it held fails as interrupted."""
+        assert self.signalled is not None
+        error, now = str(Interrupted(self.signalled)), time.time()
+        for call, _ in child.kill():
+            self.done.append(tuple(Outcome(call.id, call.attempt, False, None, now, now,
+                                           self.index, error=error)))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signalled = signum
@@ -117,7 +179,7 @@ class Worker:
                 pending = self.pending
                 for item in payload:
                     call, ranks, task_rank = read_call(item)
-                    if call.count > 1:  # a run of short tasks: its members, each bound here
+                    if call.count > 1 and self.child is None:  # a run: its members, bound here
                         pending.extend((c, 1, 0) for c in expand(self.runs[call.group], call))
                     else:
                         pending.append((call, ranks, task_rank))
@@ -137,6 +199,10 @@ class Worker:
     # -- one task -------------------------------------------------------------------
     def _run_next(self) -> None:
         call, ranks, task_rank = self.pending.popleft()
+        if call.count > 1:  # a run that came for the task process after a stop signal
+            self.pending.extendleft((c, 1, 0) for c in reversed(expand(self.runs[call.group],
+                                                                       call)))
+            return
         if not self.done:
             self.batch_start = time.monotonic()
         outcome = self._run(call, ranks, task_rank)

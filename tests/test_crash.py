@@ -139,3 +139,22 @@ def test_a_crash_inside_a_run_of_short_tasks_fails_that_member_alone():
     events = list(read_journal(Path(result.run_dir) / "journal.bin"))
     done = [e[1] for e in events if e[0] == Event.DONE]
     assert sorted(set(done)) == [i for i in range(3000) if i != 1500]
+
+
+def _crash_once(marker: str) -> str:
+    path = Path(marker)
+    if not path.exists():
+        path.touch()
+        os.kill(os.getpid(), 9)  # as the out-of-memory killer would
+    return "second try"
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_counts_as_one_failed_try(tmp_path):
+    import hpcflow as hf
+
+    task = hf.task(_crash_once, name="flaky", retries=1)(str(tmp_path / "tried"))
+    result = hf.run(hf.workflow("w", outputs={"out": task}), workers=1, check=False)
+    assert result.status == "succeeded" and result.outputs == {"out": "second try"}
+    retries = [e for e in read_journal(Path(result.run_dir) / "journal.bin") if e[0] == Event.RETRY]
+    assert len(retries) == 1 and retries[0][4] == "task flaky crashed: its process died of SIGKILL"

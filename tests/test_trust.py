@@ -143,6 +143,15 @@ def test_a_planted_plain_frame_is_only_data(env):
         assert not marker.exists(), done.args
 
 
+def test_a_nonsense_plain_frame_is_one_line(env):
+    run = _failed_run(env)
+    with open(run / "journal.bin", "ab") as fh:
+        fh.write(_frame(msgpack.packb([["done", "x"], ["fail", 10**6, 0, 0]])))
+    for done in _readers(run, env)[:3]:
+        assert done.returncode == 2, done.args
+        assert "is not hpcflow events" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_an_old_pickle_journal_is_refused_in_one_line(env):
     run = _failed_run(env)
     marker = env / "pwned"

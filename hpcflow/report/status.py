@@ -32,7 +32,7 @@ import numpy as np
 
 from hpcflow.engine.walltime import IDLE_JOBS
 from hpcflow.report.progress import format_seconds
-from hpcflow.store.journal import Event, read_journal
+from hpcflow.store.journal import CorruptJournal, Event, read_journal
 from hpcflow.store.rundir import RunDir
 
 NOT_STARTED, RUNNING, DONE, FAILED, SKIPPED, RETRYING = range(6)
@@ -112,8 +112,20 @@ def load_run(path: str | os.PathLike[str]) -> RunView:
     view = RunView(run.path, info, groups, np.zeros(n, np.int8), np.full(n, -1, np.int32),
                    np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32))
     for event in read_journal(run.journal):
-        _apply(view, event)
+        try:
+            _apply(view, event)
+        except MALFORMED as exc:
+            raise malformed(run.journal, exc) from None
     return view
+
+
+MALFORMED = (IndexError, KeyError, TypeError, ValueError)
+"""What replaying an event that hpcflow did not write can raise (the journal is plain
+data, so a planted frame is at worst nonsense): said in one line."""
+
+
+def malformed(journal: Path, exc: Exception) -> CorruptJournal:
+    return CorruptJournal(journal, f"{type(exc).__name__} replaying an event: {exc}")
 
 
 def _apply(view: RunView, event: tuple[Any, ...]) -> None:

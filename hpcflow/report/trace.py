@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpcflow.report.status import last_line, lock_held, worker_nodes
+from hpcflow.report.status import MALFORMED, last_line, lock_held, malformed, worker_nodes
 from hpcflow.store.journal import Event, read_journal
 from hpcflow.store.resume import TaskNames
 from hpcflow.store.rundir import RunDir
@@ -66,10 +66,18 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[Attempt]:
     run = RunDir.open(path)
     info = run.read_info()
     names = TaskNames.from_file(run.path / "groups.json")
-    rows = _replay(read_journal(run.journal), names, info)
+    rows = _guarded(run.journal, names, info)
     if not lock_held(run.path):
         return rows
     return (_live(row) for row in rows)  # a live run: what is in flight is running
+
+
+def _guarded(journal: Path, names: TaskNames, info: dict[str, Any]) -> Iterator[Attempt]:
+    """:func:`_replay`, with an event that hpcflow did not write said in one line."""
+    try:
+        yield from _replay(read_journal(journal), names, info)
+    except MALFORMED as exc:
+        raise malformed(journal, exc) from None
 
 
 def _live(row: Attempt) -> Attempt:

@@ -376,3 +376,26 @@ def test_sweep_members_with_their_own_durations_are_planned_with_them(tmp_path):
     assert sorted(est.members) == [0, 1, 2, 3, 4, 5]
     short, long_ = plan.time[[0, 2, 4]], plan.time[[1, 3, 5]]
     assert (short < 0.3).all() and (long_ > 0.55).all(), plan.time
+
+
+def test_a_request_never_takes_more_than_the_declared_values_unless_asked(tmp_path):
+    """The design brief: declared values are what the user allows; learned ones may lower
+    a request but raise only the prediction, unless --above-declared."""
+    plan = flatten(_workflow("10s"))
+    (group,) = plan.groups
+    from hpcflow.store.resume import definition_hash
+
+    definition = definition_hash(group, plan.groups, plan.python_path)
+    with History(str(tmp_path / "h.sqlite")) as history:
+        attempts = [Attempt(done(d, 12 * G), 1000.0 + k, "local", 4, False)
+                    for k, d in enumerate([30.0, 31.0, 29.0])]
+        history.record([Measured(definition, "sim", "wf", 3, attempts)])
+        predicted, _ = with_learned(plan, history)
+        request, (est,) = with_learned(plan, history, within_declared=True)
+    assert np.allclose(predicted.time, 30.0) and predicted.memory.max() > 8 * G
+    assert np.allclose(request.time, 10.0) and request.memory.max() == 8 * G
+    assert est.time == 10.0
+    faster = flatten(_workflow("10m"))
+    with History(str(tmp_path / "h.sqlite")) as history:
+        lowered, _ = with_learned(faster, history, within_declared=True)
+    assert np.allclose(lowered.time, 30.0)  # below the declared 10 min: learned wins

@@ -140,6 +140,9 @@ def _sizing_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mem", help="memory per node, e.g. 4G (written in the profile's style)")
     g.add_argument("--time", help="wall time to request, e.g. 2h or 01:30:00 "
                    "('none': the partition's default, where the profile allows it)")
+    g.add_argument("--above-declared", action="store_true", help="let time and memory "
+                   "learned from earlier runs ask for more than the tasks declare (default: a "
+                   "declared value is the most the request takes)")
     g.add_argument("--deadline", help="the run must finish within this run time, e.g. 30m: "
                    "the cheapest allocation that does (default: the cheapest within the "
                    "profile's tolerance, 5%%, of the fastest)")

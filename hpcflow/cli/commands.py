@@ -27,9 +27,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hpcflow.plan.analyse import analyse
     from hpcflow.plan.summary import estimates_json, estimates_text, summary_json, summary_text
 
-    plan, estimates = learned_plan(load_plan(args.workflow), args)
+    declared = load_plan(args.workflow)
+    plan, estimates = learned_plan(declared, args)
     analysis = analyse(plan)
-    sized = _slurm_sizing(plan, analysis, args) if args.slurm else None
+    sized = None
+    if args.slurm:
+        request = learned_plan(declared, args, request=True)[0]
+        sized = _slurm_sizing(request, analyse(request), args)
     if args.json:
         data = summary_json(plan, analysis)
         data["estimates"] = estimates_json(estimates)
@@ -270,7 +274,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     workflow = _workflow_argument(args)
     plan = load_plan(workflow)
-    learned, _ = learned_plan(plan, args)
+    learned, _ = learned_plan(plan, args, request=True)
     left = _left_to_run(learned, args) if args.resume else learned
     sizing, source, profile = _slurm_sizing(left, analyse(left), args)
     request = slurm.Request(spec=_spec_argument(workflow), account=args.account, qos=args.qos,

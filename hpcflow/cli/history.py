@@ -30,18 +30,21 @@ def add_history_command(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def learned_plan(plan: Any, args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def learned_plan(plan: Any, args: argparse.Namespace, *, request: bool = False
+                 ) -> tuple[Any, list[Any]]:
     """``plan`` with learned time and memory (none with ``--no-history``), and the
-    estimate of each group."""
+    estimate of each group; ``request``: for a Slurm request, where a declared value is
+    the most a learned one may ask for unless ``--above-declared``."""
     from hpcflow.store.history import History, HistoryError, history_path
     from hpcflow.store.learned import with_learned
 
     path = history_path(getattr(args, "history", None))
     if getattr(args, "no_history", False) or not path.exists():
         return with_learned(plan, None)
+    within = request and not getattr(args, "above_declared", False)
     try:
         with History(path) as history:
-            return with_learned(plan, history)
+            return with_learned(plan, history, within_declared=within)
     except HistoryError as exc:
         print(f"hpcflow {args.command}: {exc}; planning with the declared values",
               file=sys.stderr)

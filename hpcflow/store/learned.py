@@ -10,9 +10,13 @@
 - **memory**: the high quantile with its margin (``plan/estimates.py``), rounded up
   to a MiB: one task over its memory is killed, whatever the others do.
 
-Both replace the declared value up or down (a task that grew must not be sized by an
-old declaration); ``timeout:`` is left alone: it stays the limit that kills a task. A
-group the history has not measured keeps what it declares (or the default time).
+For predictions both replace the declared value up or down (a task that grew must not
+be predicted from an old declaration). For requests (``within_declared``: ``plan
+--slurm`` and ``submit`` unless ``--above-declared``) a declared value is what the user
+allows, so a learned value may lower it but not raise it (the design brief: "a request
+never exceeds them unless asked"); the plan's warning says where the declaration is
+below what was measured. ``timeout:`` is left alone: it stays the limit that kills a
+task. A group the history has not measured keeps what it declares (or the default time).
 """
 
 from __future__ import annotations
@@ -34,11 +38,15 @@ from hpcflow.store.resume import definition_hash
 _MIB = 2**20
 
 
-def with_learned(plan: Plan, history: History | None) -> tuple[Plan, list[GroupEstimate]]:
+def with_learned(plan: Plan, history: History | None, *, within_declared: bool = False
+                 ) -> tuple[Plan, list[GroupEstimate]]:
     """The plan with learned time and memory where ``history`` has samples (None: the
-    plan as declared), and each group's :class:`GroupEstimate`."""
+    plan as declared), and each group's :class:`GroupEstimate`; ``within_declared``:
+    never above a declared time or memory (for requests)."""
     estimates = [_group_estimate(g, definition_hash(g, plan.groups, plan.python_path), history)
                  for g in plan.groups]
+    if within_declared:
+        estimates = [_within_declared(e) for e in estimates]
     learned = [e for e in estimates if e.source == "learned" or e.memory is not None]
     if not learned:
         return plan, estimates
@@ -54,6 +62,17 @@ def with_learned(plan: Plan, history: History | None) -> tuple[Plan, list[GroupE
             memory[span] = math.ceil(e.memory.request / _MIB) * _MIB
         groups[k] = _with_resources(group, e, int(memory[group.start]) if group.size else 0)
     return dataclasses.replace(plan, groups=groups, time=time, memory=memory), estimates
+
+
+def _within_declared(e: GroupEstimate) -> GroupEstimate:
+    """``e`` with its time and memory request no higher than what the task declares."""
+    changes: dict[str, object] = {}
+    if e.source == "learned" and e.declared_time is not None and e.time > e.declared_time:
+        changes["time"] = float(e.declared_time)
+        changes["members"] = {m: min(t, e.declared_time) for m, t in e.members.items()}
+    if e.memory is not None and e.declared_memory and e.memory.request > e.declared_memory:
+        changes["memory"] = None
+    return dataclasses.replace(e, **changes) if changes else e
 
 
 def _group_estimate(group: Group, definition: str, history: History | None) -> GroupEstimate:

@@ -36,6 +36,7 @@ import faulthandler
 import multiprocessing as mp
 import os
 import pickle
+import select
 import signal
 import tempfile
 import time
@@ -86,6 +87,11 @@ class TaskProcess:
         self.process.start()
         child.close()
         self.conn: Connection = parent
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether :meth:`receive` has something to take, waiting up to ``timeout``
+        seconds (``select`` on the pipe: ``Connection.poll`` builds a selector per call)."""
+        return bool(select.select((self.conn.fileno(),), (), (), timeout)[0])
 
     @property
     def busy(self) -> bool:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from mpi4py import MPI
@@ -97,9 +96,9 @@ class Backoff:
         time.sleep(self.delay)
         self._grow()
 
-    def sleep_on(self, conn: Connection) -> None:
-        """As :meth:`sleep`, but wake as soon as ``conn`` has something to read."""
-        wait([conn], self.delay)
+    def sleep_on(self, ready: Callable[[float], bool]) -> None:
+        """As :meth:`sleep`, but wake as soon as ``ready(timeout)`` says so."""
+        ready(self.delay)
         self._grow()
 
     def _grow(self) -> None:

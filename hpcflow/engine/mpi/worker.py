@@ -100,7 +100,7 @@ class Worker:
                 if self.done:
                     self._send()
                 if self.child is not None and self.child.busy:
-                    backoff.sleep_on(self.child.conn)
+                    backoff.sleep_on(self.child.ready)
                 else:
                     backoff.sleep()
             self._requests.extend(self.wire.isend(None, 0, BYE))
@@ -124,7 +124,7 @@ class Worker:
             return True
         if self.signalled is not None and child.busy:
             self._fail_held(child)
-        if child.busy and child.conn.poll():
+        if child.busy and child.ready():
             self.done.extend(map(tuple, child.receive()))
             self._send()
             return True

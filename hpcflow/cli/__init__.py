@@ -112,8 +112,9 @@ def _run_command(sub: argparse._SubParsersAction, target_help: str) -> None:
     p.add_argument("--fsync", action="store_true", help="fsync the journal (survives power loss)")
     p.add_argument("--deadline", help="the allocation ends this long from now, e.g. 50m "
                    "(default: from Slurm); no task starts that its `time` says cannot finish")
-    p.add_argument("--isolate", action="store_true", help="run each Python task in its own "
-                   "child process: a task that crashes (segfault) fails alone")
+    p.add_argument("--isolate", action="store_true", help="run each Python task in a fresh "
+                   "process of its own: nothing carries over between tasks, and each task's "
+                   "peak memory is its own (a crashing task fails alone without it too)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
     _history_options(p)

@@ -271,7 +271,7 @@ def test_signal_stops_every_rank_cleanly(tmp_path, signum):
     events = list(read_journal(run_dir / "journal.bin"))
     assert events[-1][0] == Event.END and events[-1][1] == "stopped", err
     assert "interrupted by" in err
-    assert _wait_for(lambda: not _leftovers("117.25") and not _leftovers(str(script)), 10)
+    assert _wait_for(lambda: not _leftovers("117.25") and not _leftovers(str(script)), 30)
 
 
 DEATH_SCRIPT = """

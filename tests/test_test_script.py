@@ -62,7 +62,7 @@ def test_a_failed_mpi_part_fails_the_script(tmp_path):
 def test_the_deliberate_crash_prints_no_fatal_error():
     """test_kill crashes a task on purpose (SIGSEGV); pytest's faulthandler, inherited
     by the task's process, must not print a report that reads as the suite crashing."""
-    test = "tests/test_kill.py::test_isolated_crash_fails_alone_and_the_run_goes_on"
+    test = "tests/test_kill.py::test_a_crash_fails_alone_and_the_run_goes_on"
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]

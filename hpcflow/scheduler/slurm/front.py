@@ -161,8 +161,7 @@ class Search:
         for nodes in (best.nodes, best.nodes - 1):
             for ntasks in sorted(c for c in counts if gpus < c <= cores):
                 if nodes >= 1:
-                    self._at_shape(part, with_ranks(best, part, self.plan, self.analysis,
-                                                    nodes, ntasks))
+                    self._at_shape(part, with_ranks(best, part, self.plan, nodes, ntasks))
 
     def good(self, c: Candidate) -> bool:
         """Fits the limit and, without a deadline, is within the tolerance of the fastest."""
@@ -224,16 +223,6 @@ class Search:
         if not self.deadline and bound > fastest.makespan * (1 + self.profile.tolerance) + 1e-9:
             return "not simulated: even its lower bound is not within the tolerance"
         return ""
-
-
-def _efficiency(plan: Plan, shape: Shape, part: Partition, makespan: float) -> float | None:
-    """The work (core- or GPU-seconds) over what the candidate is charged for."""
-    if makespan <= 0:
-        return None
-    weight = plan.gpus if cost_unit(shape, part)[1] == "GPU-h" else plan.cores
-    work = float((plan.time * weight.astype("int64") * plan.ranks).sum())
-    held = charge(shape, part, makespan) * 3600
-    return min(1.0, work / held) if held else None
 
 
 def _efficiency(plan: Plan, shape: Shape, part: Partition, makespan: float) -> float | None:

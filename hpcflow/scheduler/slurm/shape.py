@@ -188,12 +188,11 @@ def _memory(part: Partition, ntasks: int, cpt: int, task_memory: int) -> int:
     return max(MB, memory // MB * MB) if memory >= part.memory else math.ceil(memory / MB) * MB
 
 
-def with_ranks(shape: Shape, part: Partition, plan: Plan, analysis: Analysis, nodes: int,
+def with_ranks(shape: Shape, part: Partition, plan: Plan, nodes: int,
                ntasks: int) -> Shape:
     """``shape`` on ``nodes`` nodes of ``ntasks`` ranks, memory again in proportion."""
-    need = need_of(plan, analysis, part, shape.cpus_per_task)
     return Shape(nodes, ntasks, shape.cpus_per_task, shape.gpus_per_node,
-                 _memory(part, ntasks, shape.cpus_per_task, need.task_memory))
+                 _memory(part, ntasks, shape.cpus_per_task, _task_memory(plan)))
 
 
 def charged_fraction(shape: Shape, part: Partition) -> float:
@@ -235,11 +234,13 @@ def need_of(plan: Plan, analysis: Analysis, part: Partition, cpt: int) -> Need:
     share = part.memory * cpt / part.cores_per_node
     spans = np.maximum(-(-plan.cores.astype(np.int64) // cpt),
                        np.ceil(plan.memory / share).astype(np.int64)) * plan.ranks
-    groups = [g for g in plan.groups if g.size]
     return Need(useful_slots=max(1, asap_peak(plan, analysis, spans)),
-                max_span=int(spans.max()) if plan.n else 1,
-                task_memory=max((int(plan.memory[g.start]) * int(plan.ranks[g.start])
-                                 for g in groups), default=0))
+                max_span=int(spans.max()) if plan.n else 1, task_memory=_task_memory(plan))
+
+
+def _task_memory(plan: Plan) -> int:
+    """The most memory one task needs on its node (memory x ranks)."""
+    return int((plan.memory.astype(np.int64) * plan.ranks).max()) if plan.n else 0
 
 
 def memory_request(shape: Shape, style: str) -> tuple[str, int]:

@@ -399,3 +399,23 @@ def test_a_request_never_takes_more_than_the_declared_values_unless_asked(tmp_pa
     with History(str(tmp_path / "h.sqlite")) as history:
         lowered, _ = with_learned(faster, history, within_declared=True)
     assert np.allclose(lowered.time, 30.0)  # below the declared 10 min: learned wins
+
+
+def test_a_history_from_before_sweep_members_were_kept_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE definitions (hash TEXT PRIMARY KEY, name TEXT NOT NULL, workflow TEXT NOT
+            NULL, instances INTEGER NOT NULL, runs INTEGER NOT NULL, seen REAL NOT NULL);
+        CREATE TABLE attempts (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, at REAL NOT NULL,
+            duration REAL NOT NULL, memory INTEGER NOT NULL, outcome TEXT NOT NULL,
+            engine TEXT NOT NULL, cores INTEGER NOT NULL, gpu INTEGER NOT NULL);
+        INSERT INTO definitions VALUES ('hash-old', 'old', 'wf', 1, 1, 1.0);
+        INSERT INTO attempts VALUES (1, 'hash-old', 1.0, 7.0, 1024, 'done', 'local', 2, 0);
+    """)
+    db.commit()
+    db.close()
+    with History(str(path)) as history:
+        history.record([_measured("sim", [3.0])])
+        assert [s.duration for s in history.samples("hash-sim")] == [3.0]
+        assert [s.duration for s in history.samples("hash-old")] == [7.0]

@@ -38,7 +38,6 @@ KEEP = 100
 """Attempts kept per definition (the newest)."""
 MAX_DEFINITIONS = 2000
 BUSY_SECONDS = 60.0
-SCHEMA = 1
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS definitions (
@@ -50,6 +49,19 @@ CREATE TABLE IF NOT EXISTS attempts (
     cores INTEGER NOT NULL, gpu INTEGER NOT NULL, member INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_hash ON attempts (hash, id);
 """
+
+
+_ADDED = {"member": "INTEGER NOT NULL DEFAULT 0"}
+"""Columns of ``attempts`` added after a history file may have been made: added in place."""
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """A history written by an earlier hpcflow gets the columns it lacks (kept samples
+    stay; a new column takes its default)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+    for name, kind in _ADDED.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE attempts ADD COLUMN {name} {kind}")
 
 
 class HistoryError(HpcflowError):
@@ -117,6 +129,7 @@ class History:
             with self._writing() as db:
                 for statement in _TABLES.split(";")[:-1]:
                     db.execute(statement)
+                _add_columns(db)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open the history {self.path}: {exc}; move it with "
                                "--history FILE or HPCFLOW_HISTORY") from None
